@@ -1,0 +1,433 @@
+"""Per-flow PDM state and the engine that builds and reads options (pure: ``now`` is an argument).
+
+The draft's table (-03 §4.4: 5-tuple, own Kri, other Kri) plus RFC 8250's PSNTP, PSNLR and
+last send/receive times.  A flow is keyed by its 5-tuple as seen from this host (src = local);
+a packet received is looked up by its reversed 5-tuple, so both directions are one flow.
+ICMPv6 has no ports: it is keyed with ports 0 (echo request and reply are one flow).
+
+Rotation (implementation choice, docs/protocol.md §Rotation): F is always the low bit of the
+sender's Kri (Kri 0 starts with F 0).  When its PRSEQ is used up, or after ``rotate_after``
+packets, the sender increments its Kri, flips F and restarts PRSEQ from a new seed.  The receiver
+reads Kri from F: a packet whose F differs from the parity of the Kri in use was sealed with the
+next Kri (or, reordered, the previous one); the previous key stays usable for ``grace_ns`` after
+a rotation, so packets reordered across a flip still open.  One whole lost epoch (every packet
+with one F value dropped) is tolerated by also trying Kri + 2.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+from .crypto import OptionCipher
+from .errors import AuthenticationError, CryptoError, EncodeError, ReplayError, UnknownKeyError
+from .keyring import KeyProvider
+from .keys import FiveTuple, session_key
+from .option import (
+    V2_HEADER_LEN,
+    OptionLength,
+    PdmOption,
+    Pdmv2ClearOption,
+    Pdmv2EncryptedOption,
+    Pdmv2Fields,
+    decode_option,
+    encode_option,
+    option_size,
+)
+from .prseq import PRSEQ_PERIOD, Prseq
+from .timing import decode_delta, encode_delta, ns_to_as
+
+__all__ = [
+    "Mode",
+    "AddrType",
+    "address_type",
+    "StaleKeyError",
+    "Sent",
+    "Received",
+    "FlowState",
+    "PdmEngine",
+    "IPPROTO_ICMPV6",
+]
+
+IPPROTO_ICMPV6 = 58
+_U16 = 0xFFFF
+
+
+class Mode(StrEnum):
+    """What a policy puts in a packet."""
+
+    OFF = "off"
+    PDM = "pdm"
+    PDMV2_CLEAR = "pdmv2-clear"
+    PDMV2_ENCRYPTED = "pdmv2-encrypted"
+
+    @property
+    def option_size(self) -> int:
+        """Octets of the option with its Type and Length (0 for off)."""
+        return {
+            Mode.OFF: 0,
+            Mode.PDM: option_size(OptionLength.PDM),
+            Mode.PDMV2_CLEAR: option_size(OptionLength.PDMV2_CLEAR),
+            Mode.PDMV2_ENCRYPTED: option_size(OptionLength.PDMV2_ENCRYPTED),
+        }[self]
+
+
+class AddrType(IntEnum):
+    """Source-address types that have a Global Pointer each (draft -03 §6.2)."""
+
+    LINK_LOCAL = 0
+    GLOBAL = 1
+
+
+def address_type(addr: bytes) -> AddrType:
+    """fe80::/10 is link-local; every other (unicast) source counts as global unicast."""
+    if addr[0] == 0xFE and addr[1] & 0xC0 == 0x80:
+        return AddrType.LINK_LOCAL
+    return AddrType.GLOBAL
+
+
+class StaleKeyError(CryptoError):
+    """A packet sealed with the previous Kri after its grace window closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What the engine put into one outgoing packet."""
+
+    flow: FiveTuple
+    """5-tuple of the packet (src = this host)."""
+    mode: Mode
+    """Format of the option."""
+    option: bytes
+    """The whole option, ready for a Destination Options header."""
+    psntp: int
+    """PSNTP of this packet."""
+    psnlr: int
+    """PSNLR carried."""
+    delta_tlr_as: int
+    """DELTATLR as encoded (attoseconds after truncation)."""
+    delta_tls_as: int
+    """DELTATLS as encoded (attoseconds after truncation)."""
+    global_pointer: int | None
+    """Global Pointer carried (None for RFC 8250 PDM)."""
+    kri: int | None
+    """Own Kri used (None unless encrypted)."""
+    random_number: int | None
+    """Random Number carried (None for RFC 8250 PDM)."""
+    f: int | None
+    """F bit carried (None for RFC 8250 PDM)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What the engine read from one incoming packet."""
+
+    flow: FiveTuple
+    """5-tuple of the packet (src = the peer)."""
+    mode: Mode
+    """Format the option came in."""
+    psntp: int
+    """Peer's PSNTP."""
+    psnlr: int
+    """Peer's PSNLR (our PSNTP it last received)."""
+    delta_tlr_as: int
+    """Peer's DELTATLR in attoseconds."""
+    delta_tls_as: int
+    """Peer's DELTATLS in attoseconds."""
+    global_pointer: int | None
+    """Peer's Global Pointer (None for RFC 8250 PDM)."""
+    kri: int | None
+    """Peer's Kri that opened the option (None unless encrypted)."""
+    random_number: int | None
+    """Random Number carried (None for RFC 8250 PDM)."""
+    f: int | None
+    """F bit carried (None for RFC 8250 PDM)."""
+
+
+class FlowState:
+    """One flow as this host sees it."""
+
+    __slots__ = (
+        "flow",
+        "last_recv_ns",
+        "last_seen_ns",
+        "last_send_ns",
+        "next_psntp",
+        "other_ciphers",
+        "other_kri",
+        "other_rotated_ns",
+        "other_seen",
+        "own_cipher",
+        "own_kri",
+        "own_prseq",
+        "psnlr",
+        "received",
+        "sent",
+        "sent_before_recv_ns",
+    )
+
+    def __init__(self, flow: FiveTuple, psntp: int, prseq: Prseq) -> None:
+        self.flow = flow
+        self.next_psntp = psntp
+        self.psnlr = 0
+        self.last_recv_ns: int | None = None
+        self.sent_before_recv_ns: int | None = None
+        self.last_send_ns: int | None = None
+        self.last_seen_ns = 0
+        self.own_kri = 0
+        self.own_prseq = prseq
+        self.own_cipher: OptionCipher | None = None
+        self.other_kri = 0
+        self.other_rotated_ns: int | None = None
+        self.other_ciphers: dict[int, OptionCipher] = {}
+        self.other_seen: dict[int, set[int]] = {}
+        self.sent = 0
+        self.received = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"FlowState({self.flow}, next_psntp={self.next_psntp}, psnlr={self.psnlr}, "
+            f"own_kri={self.own_kri}, other_kri={self.other_kri}, sent={self.sent}, received={self.received})"
+        )
+
+
+class PdmEngine:
+    """Builds the option of each outgoing packet and reads the option of each incoming one."""
+
+    def __init__(
+        self,
+        *,
+        keys: KeyProvider | None = None,
+        rng: random.Random | None = None,
+        rotate_after: int = PRSEQ_PERIOD,
+        grace_ns: int = 2_000_000_000,
+        idle_ns: int = 300_000_000_000,
+        max_flows: int = 65536,
+    ) -> None:
+        if not 1 <= rotate_after <= PRSEQ_PERIOD:
+            raise EncodeError("rotate_after", f"must be in 1..{PRSEQ_PERIOD}")
+        self.keys = keys
+        self.rotate_after = rotate_after
+        self.grace_ns = grace_ns
+        self.idle_ns = idle_ns
+        self.max_flows = max_flows
+        self._rng = rng if rng is not None else random.SystemRandom()
+        self._flows: OrderedDict[FiveTuple, FlowState] = OrderedDict()
+        self._gp = [0, 0]  # last Global Pointer sent, per AddrType
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def flows(self) -> dict[FiveTuple, FlowState]:
+        """Flows by 5-tuple as seen from this host (a read-only view by convention)."""
+        return self._flows
+
+    def global_pointer(self, kind: AddrType) -> int:
+        """The last Global Pointer sent for this source-address type (0: none yet)."""
+        return self._gp[kind]
+
+    def set_keys(self, keys: KeyProvider | None) -> None:
+        """Swap the key material (SIGHUP) without losing flow state; cached ciphers are dropped."""
+        self.keys = keys
+        for st in self._flows.values():
+            st.own_cipher = None
+            st.other_ciphers.clear()
+
+    def expire(self, now_ns: int) -> int:
+        """Forget flows idle for longer than ``idle_ns``; returns how many."""
+        old = [k for k, st in self._flows.items() if now_ns - st.last_seen_ns > self.idle_ns]
+        for k in old:
+            del self._flows[k]
+        return len(old)
+
+    def _new_state(self, local: FiveTuple) -> FlowState:
+        st = FlowState(local, self._rng.randrange(1 << 16), self._new_prseq())
+        self._flows[local] = st
+        while len(self._flows) > self.max_flows:
+            self._flows.popitem(last=False)
+        return st
+
+    def _new_prseq(self) -> Prseq:
+        return Prseq(self._rng.randrange(1, PRSEQ_PERIOD + 1), self.rotate_after)
+
+    def _secret(self, local: FiveTuple) -> bytes:
+        if self.keys is None:
+            raise UnknownKeyError("no keys loaded")
+        return self.keys.client_secret_for(local=local.src, remote=local.dst)
+
+    def _cipher(self, secret: bytes, direction: FiveTuple, kri: int) -> OptionCipher:
+        assert self.keys is not None  # checked by _secret, which always runs first
+        return OptionCipher(session_key(self.keys.suite, client_secret=secret, flow=direction, kri=kri))
+
+    # -- egress ----------------------------------------------------------------------------------
+
+    def outgoing(self, flow: FiveTuple, mode: Mode, now_ns: int) -> Sent:
+        """The option for a packet sent on ``flow`` (src = this host) at ``now_ns``.
+
+        Raises UnknownKeyError (encrypted, no key) before touching any state.
+        """
+        if mode is Mode.OFF:
+            raise EncodeError("mode", "mode off carries no option")
+        st = self._flows.get(flow)
+        rotate = mode is not Mode.PDM and st is not None and st.own_prseq.exhausted
+        secret = b""
+        if mode is Mode.PDMV2_ENCRYPTED and (st is None or st.own_cipher is None or rotate):
+            secret = self._secret(flow)
+        if st is None:
+            st = self._new_state(flow)
+        else:
+            self._flows.move_to_end(flow)
+
+        if st.last_recv_ns is None:
+            dtlr = 0
+        else:
+            dtlr = max(0, now_ns - st.last_recv_ns)
+        if st.last_recv_ns is None or st.sent_before_recv_ns is None:
+            dtls = 0
+        else:
+            dtls = max(0, st.last_recv_ns - st.sent_before_recv_ns)
+        delta_tlr, scale_dtlr = encode_delta(ns_to_as(dtlr))
+        delta_tls, scale_dtls = encode_delta(ns_to_as(dtls))
+        psntp = st.next_psntp
+
+        gp: int | None = None
+        kri: int | None = None
+        rn: int | None = None
+        f: int | None = None
+        if mode is Mode.PDM:
+            option = encode_option(PdmOption(scale_dtlr, scale_dtls, psntp, st.psnlr, delta_tlr, delta_tls))
+        else:
+            if rotate:
+                # draft -03 §4.4: PRSEQ used up (or rotation due): new Kri, flip F, restart PRSEQ.
+                st.own_kri += 1
+                st.own_prseq = self._new_prseq()
+                st.own_cipher = None
+            kind = address_type(flow.src)
+            gp = self._gp[kind] % 0xFFFFFFFF + 1
+            rn = st.own_prseq.next()
+            f = st.own_kri & 1
+            fields = Pdmv2Fields(scale_dtlr, scale_dtls, gp, psntp, st.psnlr, delta_tlr, delta_tls)
+            if mode is Mode.PDMV2_ENCRYPTED:
+                if st.own_cipher is None:
+                    st.own_cipher = self._cipher(secret, flow, st.own_kri)
+                option = st.own_cipher.seal_fields(rn, f, fields)
+                kri = st.own_kri
+            else:
+                option = encode_option(Pdmv2ClearOption(rn, f, fields))
+            self._gp[kind] = gp
+
+        st.next_psntp = (psntp + 1) & _U16
+        st.last_send_ns = now_ns
+        st.last_seen_ns = now_ns
+        st.sent += 1
+        return Sent(
+            flow,
+            mode,
+            option,
+            psntp,
+            st.psnlr,
+            decode_delta(delta_tlr, scale_dtlr),
+            decode_delta(delta_tls, scale_dtls),
+            gp,
+            kri,
+            rn,
+            f,
+        )
+
+    # -- ingress ---------------------------------------------------------------------------------
+
+    def incoming(self, flow: FiveTuple, option: bytes, now_ns: int) -> Received:
+        """Read the option of a packet received on ``flow`` (src = the peer) at ``now_ns``.
+
+        Raises DecodeError, UnknownKeyError, AuthenticationError, StaleKeyError or ReplayError;
+        on any error no state changes.
+        """
+        opt = decode_option(option)
+        local = flow.reversed()
+        st = self._flows.get(local)
+        kri: int | None = None
+        if isinstance(opt, PdmOption):
+            mode = Mode.PDM
+            gp = rn = f = None
+            psntp, psnlr = opt.psntp, opt.psnlr
+            dtlr = decode_delta(opt.delta_tlr, opt.scale_dtlr)
+            dtls = decode_delta(opt.delta_tls, opt.scale_dtls)
+        else:
+            rn, f = opt.random_number, opt.f
+            if isinstance(opt, Pdmv2EncryptedOption):
+                mode = Mode.PDMV2_ENCRYPTED
+                kri, fields = self._open(st, flow, local, bytes(option[:V2_HEADER_LEN]), opt, now_ns)
+            else:
+                assert isinstance(opt, Pdmv2ClearOption)
+                mode = Mode.PDMV2_CLEAR
+                fields = opt.fields
+            gp, psntp, psnlr = fields.global_pointer, fields.psntp, fields.psnlr
+            dtlr = decode_delta(fields.delta_tlr, fields.scale_dtlr)
+            dtls = decode_delta(fields.delta_tls, fields.scale_dtls)
+
+        # Everything checked: commit.
+        if st is None:
+            st = self._new_state(local)
+        else:
+            self._flows.move_to_end(local)
+        if kri is not None:
+            self._commit_kri(st, kri, rn or 0, now_ns)
+        st.psnlr = psntp
+        st.sent_before_recv_ns = st.last_send_ns
+        st.last_recv_ns = now_ns
+        st.last_seen_ns = now_ns
+        st.received += 1
+        return Received(flow, mode, psntp, psnlr, dtlr, dtls, gp, kri, rn, f)
+
+    def _open(
+        self,
+        st: FlowState | None,
+        wire: FiveTuple,
+        local: FiveTuple,
+        header: bytes,
+        opt: Pdmv2EncryptedOption,
+        now_ns: int,
+    ) -> tuple[int, Pdmv2Fields]:
+        current = st.other_kri if st is not None else 0
+        if (current & 1) == opt.f:
+            candidates = [current, current + 2]
+        else:
+            candidates = [current + 1, current - 1, current + 3]
+        secret: bytes | None = None
+        for kri in candidates:
+            if kri < 0:
+                continue
+            cipher = st.other_ciphers.get(kri) if st is not None else None
+            if cipher is None:
+                if secret is None:
+                    secret = self._secret(local)
+                cipher = self._cipher(secret, wire, kri)
+                if st is not None and len(st.other_ciphers) < 4:
+                    st.other_ciphers[kri] = cipher
+            try:
+                fields = cipher.open_sealed(header, opt.random_number, opt.sealed)
+            except AuthenticationError:
+                continue
+            if st is not None and kri < current:
+                rotated = st.other_rotated_ns
+                if rotated is None or now_ns - rotated > self.grace_ns:
+                    raise StaleKeyError(f"packet sealed with previous Kri {kri} after the grace window")
+            seen = st.other_seen.get(kri) if st is not None else None
+            if seen is not None and opt.random_number in seen:
+                raise ReplayError(opt.random_number, kri)
+            return kri, fields
+        raise AuthenticationError("PDMv2 option did not authenticate with any expected Kri")
+
+    @staticmethod
+    def _commit_kri(st: FlowState, kri: int, rn: int, now_ns: int) -> None:
+        if kri > st.other_kri or not st.other_seen:
+            if kri > st.other_kri:
+                st.other_rotated_ns = now_ns
+            st.other_kri = kri
+            for old in [k for k in st.other_seen if k < kri - 1]:
+                del st.other_seen[old]
+            for old in [k for k in st.other_ciphers if k < kri - 1]:
+                del st.other_ciphers[old]
+        st.other_seen.setdefault(kri, set()).add(rn)

@@ -1,0 +1,146 @@
+"""RFC 8250 metrics from PDM packets matched by PSNLR (pure).
+
+From a client packet P1, the server's reply P2 (PSNLR = PSNTP of P1) and the client's next
+packet P3 (PSNLR = PSNTP of P2) (RFC 8250 §3.3 and NOTES.md):
+
+    server delay     = DELTATLR of P2
+    round-trip delay = DELTATLS of P3 - DELTATLR of P2
+    client delay     = DELTATLR of P3
+
+The same holds with the roles swapped (the server measures a round trip from P4).  Only the
+first packet that echoes a given PSNTP is matched: later ones carry a DELTATLR that grows with
+the sender's own pacing, not its processing.  The client of a flow is the side that sent the
+first packet the tracker saw, unless the caller says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .keys import FiveTuple
+
+__all__ = ["PacketRecord", "Measurement", "Metric", "MetricsTracker", "Summary", "summarize"]
+
+
+class Metric(StrEnum):
+    """Kinds of measurement."""
+
+    SERVER_DELAY = "server_delay"
+    CLIENT_DELAY = "client_delay"
+    RTT = "rtt"
+
+
+@dataclass(frozen=True, slots=True)
+class PacketRecord:
+    """One PDM option seen (sent or received), as the metrics need it."""
+
+    flow: FiveTuple
+    """5-tuple of the packet (src = sender)."""
+    psntp: int
+    """PSNTP."""
+    psnlr: int
+    """PSNLR."""
+    delta_tlr_as: int
+    """DELTATLR, attoseconds."""
+    delta_tls_as: int
+    """DELTATLS, attoseconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One metric value."""
+
+    flow: FiveTuple
+    """The flow, oriented client to server."""
+    metric: Metric
+    """What was measured."""
+    value_ns: float
+    """Value in nanoseconds."""
+    psntp: int
+    """PSNTP of the packet that completed the measurement."""
+
+
+class _FlowMemo:
+    __slots__ = ("by_psntp", "client", "echoed")
+
+    def __init__(self, client: FiveTuple) -> None:
+        self.client = client  # oriented client -> server
+        self.by_psntp: OrderedDict[tuple[bool, int], PacketRecord] = OrderedDict()
+        self.echoed: set[tuple[bool, int]] = set()
+
+
+class MetricsTracker:
+    """Feed it every PDM packet of some flows, in the order seen; it returns measurements."""
+
+    def __init__(self, window: int = 256) -> None:
+        self._flows: dict[FiveTuple, _FlowMemo] = {}
+        self._window = window
+
+    @staticmethod
+    def _key(flow: FiveTuple) -> FiveTuple:
+        rev = flow.reversed()
+        return flow if (flow.src, flow.src_port) <= (rev.src, rev.src_port) else rev
+
+    def set_client(self, flow: FiveTuple) -> None:
+        """Declare ``flow.src`` the client of this flow."""
+        key = self._key(flow)
+        memo = self._flows.get(key)
+        if memo is None:
+            self._flows[key] = _FlowMemo(flow)
+        else:
+            memo.client = flow
+
+    def feed(self, rec: PacketRecord) -> list[Measurement]:
+        """Record one packet; return the measurements it completes."""
+        key = self._key(rec.flow)
+        memo = self._flows.get(key)
+        if memo is None:
+            memo = self._flows[key] = _FlowMemo(rec.flow)
+        from_client = rec.flow == memo.client
+        out: list[Measurement] = []
+        # Q: the other side's packet that this one echoes.
+        q = memo.by_psntp.get((not from_client, rec.psnlr))
+        if q is not None and (not from_client, rec.psnlr) not in memo.echoed:
+            memo.echoed.add((not from_client, rec.psnlr))
+            if len(memo.echoed) > 4 * self._window:
+                memo.echoed.clear()
+            delay = Metric.CLIENT_DELAY if from_client else Metric.SERVER_DELAY
+            out.append(Measurement(memo.client, delay, rec.delta_tlr_as / 1e9, rec.psntp))
+            # Q itself echoed P (sent by this side): DELTATLS of rec spans P..Q at this side.
+            if (from_client, q.psnlr) in memo.by_psntp and rec.delta_tls_as:
+                rtt = (rec.delta_tls_as - q.delta_tlr_as) / 1e9
+                out.append(Measurement(memo.client, Metric.RTT, rtt, rec.psntp))
+        memo.by_psntp[(from_client, rec.psntp)] = rec
+        while len(memo.by_psntp) > self._window:
+            memo.by_psntp.popitem(last=False)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """count, min, p50, p95, max of a list of values (nanoseconds)."""
+
+    count: int
+    """Number of values."""
+    min: float
+    """Smallest."""
+    p50: float
+    """Median (nearest rank)."""
+    p95: float
+    """95th percentile (nearest rank)."""
+    max: float
+    """Largest."""
+
+
+def summarize(values: list[float]) -> Summary | None:
+    """Nearest-rank percentiles; None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+
+    def rank(p: float) -> float:
+        return v[max(0, min(len(v) - 1, int(-(-p * len(v) // 1)) - 1))]
+
+    return Summary(len(v), v[0], rank(0.50), rank(0.95), v[-1])

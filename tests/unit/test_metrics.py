@@ -1,0 +1,60 @@
+"""RFC 8250 metrics matched by PSNLR, fed by two engines exchanging packets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pdmv2 import FiveTuple, Mode, PdmEngine
+from pdmv2.metrics import Metric, MetricsTracker, PacketRecord, summarize
+
+MS = 1_000_000
+FLOW = FiveTuple.from_text("2001:db8:1::10", 40000, "2001:db8:2::20", 80, 17)
+
+
+def record(x: object) -> PacketRecord:
+    return PacketRecord(x.flow, x.psntp, x.psnlr, x.delta_tlr_as, x.delta_tls_as)  # type: ignore[attr-defined]
+
+
+def test_server_delay_rtt_and_client_delay() -> None:
+    client, server = PdmEngine(rng=random.Random(1)), PdmEngine(rng=random.Random(2))
+    observer = MetricsTracker()
+    t, found = 0, []
+    for _ in range(5):
+        p = client.outgoing(FLOW, Mode.PDMV2_CLEAR, t)  # one-way delay 1 ms each way
+        found += observer.feed(record(server.incoming(FLOW, p.option, t + 1 * MS)))
+        q = server.outgoing(FLOW.reversed(), Mode.PDMV2_CLEAR, t + 6 * MS)  # server delay 5 ms
+        found += observer.feed(record(client.incoming(FLOW.reversed(), q.option, t + 7 * MS)))
+        t += 10 * MS  # client delay 3 ms
+    by = {m: [x.value_ns for x in found if x.metric is m] for m in Metric}
+    assert len(by[Metric.SERVER_DELAY]) == 5
+    assert all(abs(v - 5 * MS) < 5 * MS * 2**-15 for v in by[Metric.SERVER_DELAY])
+    assert len(by[Metric.CLIENT_DELAY]) == 4
+    assert all(abs(v - 3 * MS) < 3 * MS * 2**-14 for v in by[Metric.CLIENT_DELAY])
+    rtts = by[Metric.RTT]
+    assert len(rtts) >= 7  # measured at both ends
+    assert all(abs(v - 2 * MS) < 1000 for v in rtts)  # 2 ms of path, within the truncation error
+    assert all(x.flow == FLOW for x in found)
+
+
+def test_only_first_echo_counts() -> None:
+    tr = MetricsTracker()
+    tr.feed(PacketRecord(FLOW, 10, 0, 0, 0))
+    first = tr.feed(PacketRecord(FLOW.reversed(), 500, 10, 5 * MS * 10**9, 0))
+    again = tr.feed(PacketRecord(FLOW.reversed(), 501, 10, 9 * MS * 10**9, 0))
+    assert [m.metric for m in first] == [Metric.SERVER_DELAY] and again == []
+
+
+def test_summary() -> None:
+    s = summarize([float(v) for v in range(1, 101)])
+    assert s is not None and (s.count, s.min, s.p50, s.p95, s.max) == (100, 1, 50, 95, 100)
+    assert summarize([]) is None
+    one = summarize([7.0])
+    assert one is not None and one.p95 == 7.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 19])
+def test_summary_small(n: int) -> None:
+    s = summarize([float(i) for i in range(n)])
+    assert s is not None and s.min <= s.p50 <= s.p95 <= s.max
