@@ -54,6 +54,17 @@ class OptionCipher:
         """base_nonce XOR I2OSP(random_number, Nn)."""
         return (self._base ^ random_number).to_bytes(self._nn, "big")
 
+    def seal_packed(self, header: bytes, random_number: int, plain: bytes) -> bytes:
+        """Header (6 octets, the AAD) followed by the sealed 14-octet plaintext: the per-packet path."""
+        return header + self._aead.encrypt(self.nonce(random_number), plain, header)
+
+    def open_packed(self, header: bytes, random_number: int, sealed: bytes) -> bytes:
+        """The 14 plaintext octets of ``sealed``; AuthenticationError when the tag fails."""
+        try:
+            return self._aead.decrypt(self.nonce(random_number), sealed, header)
+        except InvalidTag:
+            raise AuthenticationError(f"PDMv2 option did not authenticate with Kri {self.kri}") from None
+
     def seal_fields(self, random_number: int, f: int, fields: Pdmv2Fields) -> bytes:
         """The whole 36-octet encrypted option for these fields."""
         header = encode_v2_header(OptionLength.PDMV2_ENCRYPTED, random_number, f)
@@ -63,10 +74,7 @@ class OptionCipher:
         """Open the 30 sealed octets with their 6-octet clear header as AAD."""
         if len(sealed) != SEALED_LEN:
             raise DecodeError("sealed", 6, f"need {SEALED_LEN} octets, got {len(sealed)}")
-        try:
-            plain = self._aead.decrypt(self.nonce(random_number), sealed, header)
-        except InvalidTag:
-            raise AuthenticationError(f"PDMv2 option did not authenticate with Kri {self.kri}") from None
+        plain = self.open_packed(header, random_number, sealed)
         if len(plain) != FIELDS_LEN:  # cannot happen with a 16-octet tag; keep the check cheap
             raise DecodeError("sealed", 6, "plaintext is not 14 octets")
         return decode_fields(plain, 6)

@@ -17,6 +17,7 @@ with one F value dropped) is tolerated by also trying Kri + 2.
 from __future__ import annotations
 
 import random
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -26,18 +27,18 @@ from .errors import AuthenticationError, CryptoError, EncodeError, ReplayError, 
 from .keyring import KeyProvider
 from .keys import FiveTuple, session_key
 from .option import (
+    OPTION_TYPE_PDM,
+    PDMV2_VERSION,
     V2_HEADER_LEN,
     OptionLength,
     PdmOption,
     Pdmv2ClearOption,
-    Pdmv2EncryptedOption,
-    Pdmv2Fields,
     decode_option,
     encode_option,
     option_size,
 )
 from .prseq import PRSEQ_PERIOD, Prseq
-from .timing import decode_delta, encode_delta, ns_to_as
+from .timing import ATTOSECONDS_PER_NS, decode_delta, encode_delta
 
 __all__ = [
     "Mode",
@@ -53,6 +54,12 @@ __all__ = [
 
 IPPROTO_ICMPV6 = 58
 _U16 = 0xFFFF
+# Per-packet path: pack and unpack with precompiled structs instead of building option objects;
+# option.py holds the same layouts for the public codec (tests check both agree).
+_V2_HEADER = struct.Struct(">BBHH")
+_FIELDS = struct.Struct(">BBIHHHH")
+_VRSN_RES = PDMV2_VERSION << 12
+_ENC_PREFIX = bytes((OPTION_TYPE_PDM, OptionLength.PDMV2_ENCRYPTED, PDMV2_VERSION << 4, 0))
 
 
 class Mode(StrEnum):
@@ -92,7 +99,7 @@ class StaleKeyError(CryptoError):
     """A packet sealed with the previous Kri after its grace window closed."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sent:
     """What the engine put into one outgoing packet."""
 
@@ -120,7 +127,7 @@ class Sent:
     """F bit carried (None for RFC 8250 PDM)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Received:
     """What the engine read from one incoming packet."""
 
@@ -280,16 +287,23 @@ class PdmEngine:
         else:
             self._flows.move_to_end(flow)
 
-        if st.last_recv_ns is None:
-            dtlr = 0
+        last_recv = st.last_recv_ns
+        if last_recv is None:
+            dtlr = dtls = 0
         else:
-            dtlr = max(0, now_ns - st.last_recv_ns)
-        if st.last_recv_ns is None or st.sent_before_recv_ns is None:
-            dtls = 0
-        else:
-            dtls = max(0, st.last_recv_ns - st.sent_before_recv_ns)
-        delta_tlr, scale_dtlr = encode_delta(ns_to_as(dtlr))
-        delta_tls, scale_dtls = encode_delta(ns_to_as(dtls))
+            dtlr = now_ns - last_recv if now_ns > last_recv else 0
+            before = st.sent_before_recv_ns
+            dtls = last_recv - before if before is not None and last_recv > before else 0
+        # RFC 8250 §3.2: 16 most significant bits of the attosecond delta, and the shift.
+        dtlr *= ATTOSECONDS_PER_NS
+        dtls *= ATTOSECONDS_PER_NS
+        scale_dtlr = dtlr.bit_length() - 16
+        scale_dtlr = scale_dtlr if scale_dtlr > 0 else 0
+        scale_dtls = dtls.bit_length() - 16
+        scale_dtls = scale_dtls if scale_dtls > 0 else 0
+        if scale_dtlr > 255 or scale_dtls > 255:
+            encode_delta(max(dtlr, dtls))  # raises the typed error
+        delta_tlr, delta_tls = dtlr >> scale_dtlr, dtls >> scale_dtls
         psntp = st.next_psntp
 
         gp: int | None = None
@@ -308,14 +322,16 @@ class PdmEngine:
             gp = self._gp[kind] % 0xFFFFFFFF + 1
             rn = st.own_prseq.next()
             f = st.own_kri & 1
-            fields = Pdmv2Fields(scale_dtlr, scale_dtls, gp, psntp, st.psnlr, delta_tlr, delta_tls)
+            plain = _FIELDS.pack(scale_dtlr, scale_dtls, gp, psntp, st.psnlr, delta_tlr, delta_tls)
             if mode is Mode.PDMV2_ENCRYPTED:
-                if st.own_cipher is None:
-                    st.own_cipher = self._cipher(secret, flow, st.own_kri)
-                option = st.own_cipher.seal_fields(rn, f, fields)
+                cipher = st.own_cipher
+                if cipher is None:
+                    cipher = st.own_cipher = self._cipher(secret, flow, st.own_kri)
+                header = _V2_HEADER.pack(OPTION_TYPE_PDM, OptionLength.PDMV2_ENCRYPTED, _VRSN_RES, (rn << 1) | f)
+                option = cipher.seal_packed(header, rn, plain)
                 kri = st.own_kri
             else:
-                option = encode_option(Pdmv2ClearOption(rn, f, fields))
+                option = _V2_HEADER.pack(OPTION_TYPE_PDM, OptionLength.PDMV2_CLEAR, _VRSN_RES, (rn << 1) | f) + plain
             self._gp[kind] = gp
 
         st.next_psntp = (psntp + 1) & _U16
@@ -328,8 +344,8 @@ class PdmEngine:
             option,
             psntp,
             st.psnlr,
-            decode_delta(delta_tlr, scale_dtlr),
-            decode_delta(delta_tls, scale_dtls),
+            delta_tlr << scale_dtlr,
+            delta_tls << scale_dtls,
             gp,
             kri,
             rn,
@@ -344,28 +360,22 @@ class PdmEngine:
         Raises DecodeError, UnknownKeyError, AuthenticationError, StaleKeyError or ReplayError;
         on any error no state changes.
         """
-        opt = decode_option(option)
         local = flow.reversed()
         st = self._flows.get(local)
-        kri: int | None = None
-        if isinstance(opt, PdmOption):
-            mode = Mode.PDM
-            gp = rn = f = None
-            psntp, psnlr = opt.psntp, opt.psnlr
-            dtlr = decode_delta(opt.delta_tlr, opt.scale_dtlr)
-            dtls = decode_delta(opt.delta_tls, opt.scale_dtls)
+        kri: int | None
+        rn: int | None
+        f: int | None
+        gp: int | None
+        if len(option) == 36 and option[:4] == _ENC_PREFIX:
+            # Per-packet path for the encrypted format; anything else goes through decode_option.
+            mode = Mode.PDMV2_ENCRYPTED
+            rn_f = (option[4] << 8) | option[5]
+            rn, f = rn_f >> 1, rn_f & 1
+            kri, plain = self._open(st, flow, local, bytes(option[:V2_HEADER_LEN]), rn, f, bytes(option[6:]), now_ns)
+            scale_dtlr, scale_dtls, gp, psntp, psnlr, delta_tlr, delta_tls = _FIELDS.unpack(plain)
+            dtlr, dtls = delta_tlr << scale_dtlr, delta_tls << scale_dtls
         else:
-            rn, f = opt.random_number, opt.f
-            if isinstance(opt, Pdmv2EncryptedOption):
-                mode = Mode.PDMV2_ENCRYPTED
-                kri, fields = self._open(st, flow, local, bytes(option[:V2_HEADER_LEN]), opt, now_ns)
-            else:
-                assert isinstance(opt, Pdmv2ClearOption)
-                mode = Mode.PDMV2_CLEAR
-                fields = opt.fields
-            gp, psntp, psnlr = fields.global_pointer, fields.psntp, fields.psnlr
-            dtlr = decode_delta(fields.delta_tlr, fields.scale_dtlr)
-            dtls = decode_delta(fields.delta_tls, fields.scale_dtls)
+            mode, psntp, psnlr, dtlr, dtls, gp, kri, rn, f = self._read_slow(option)
 
         # Everything checked: commit.
         if st is None:
@@ -381,17 +391,51 @@ class PdmEngine:
         st.received += 1
         return Received(flow, mode, psntp, psnlr, dtlr, dtls, gp, kri, rn, f)
 
+    @staticmethod
+    def _read_slow(option: bytes) -> tuple[Mode, int, int, int, int, int | None, int | None, int | None, int | None]:
+        """RFC 8250 PDM and clear PDMv2 (and every malformed option, which decode_option refuses)."""
+        opt = decode_option(option)
+        if isinstance(opt, PdmOption):
+            return (
+                Mode.PDM,
+                opt.psntp,
+                opt.psnlr,
+                decode_delta(opt.delta_tlr, opt.scale_dtlr),
+                decode_delta(opt.delta_tls, opt.scale_dtls),
+                None,
+                None,
+                None,
+                None,
+            )
+        # A well-formed encrypted option always takes the fast path in incoming().
+        assert isinstance(opt, Pdmv2ClearOption)
+        fl = opt.fields
+        return (
+            Mode.PDMV2_CLEAR,
+            fl.psntp,
+            fl.psnlr,
+            decode_delta(fl.delta_tlr, fl.scale_dtlr),
+            decode_delta(fl.delta_tls, fl.scale_dtls),
+            fl.global_pointer,
+            None,
+            opt.random_number,
+            opt.f,
+        )
+
     def _open(
         self,
         st: FlowState | None,
         wire: FiveTuple,
         local: FiveTuple,
         header: bytes,
-        opt: Pdmv2EncryptedOption,
+        rn: int,
+        f: int,
+        sealed: bytes,
         now_ns: int,
-    ) -> tuple[int, Pdmv2Fields]:
+    ) -> tuple[int, bytes]:
+        """(Kri that opened it, the 14 plaintext octets)."""
         current = st.other_kri if st is not None else 0
-        if (current & 1) == opt.f:
+        if (current & 1) == f:
             candidates = [current, current + 2]
         else:
             candidates = [current + 1, current - 1, current + 3]
@@ -407,7 +451,7 @@ class PdmEngine:
                 if st is not None and len(st.other_ciphers) < 4:
                     st.other_ciphers[kri] = cipher
             try:
-                fields = cipher.open_sealed(header, opt.random_number, opt.sealed)
+                plain = cipher.open_packed(header, rn, sealed)
             except AuthenticationError:
                 continue
             if st is not None and kri < current:
@@ -415,9 +459,9 @@ class PdmEngine:
                 if rotated is None or now_ns - rotated > self.grace_ns:
                     raise StaleKeyError(f"packet sealed with previous Kri {kri} after the grace window")
             seen = st.other_seen.get(kri) if st is not None else None
-            if seen is not None and opt.random_number in seen:
-                raise ReplayError(opt.random_number, kri)
-            return kri, fields
+            if seen is not None and rn in seen:
+                raise ReplayError(rn, kri)
+            return kri, plain
         raise AuthenticationError("PDMv2 option did not authenticate with any expected Kri")
 
     @staticmethod

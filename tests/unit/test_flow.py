@@ -207,3 +207,20 @@ def test_clear_receive_needs_no_keys() -> None:
     s = a.outgoing(FLOW, Mode.PDMV2_CLEAR, 0)
     r = PdmEngine().incoming(FLOW, s.option, 1)
     assert r.global_pointer == 1 and r.kri is None
+
+
+def test_engine_fast_path_agrees_with_the_public_codec() -> None:
+    from pdmv2.crypto import OptionCipher
+    from pdmv2.keys import session_key
+
+    a, _ = engines()
+    cs = client_secret(DEFAULT_SUITE, shared_secret=SHARED, salt=SALT, client_addr=C)
+    for t in range(5):
+        s = a.outgoing(FLOW, Mode.PDMV2_ENCRYPTED, t * MS)
+        opt = decode_option(s.option)
+        opened = OptionCipher(session_key(DEFAULT_SUITE, client_secret=cs, flow=FLOW, kri=s.kri or 0)).open(opt)
+        assert (opened.random_number, opened.f) == (s.random_number, s.f)
+        assert (opened.fields.psntp, opened.fields.psnlr, opened.fields.global_pointer) == (
+            s.psntp, s.psnlr, s.global_pointer)
+        c = a.outgoing(FLOW, Mode.PDMV2_CLEAR, t * MS + 1)
+        assert decode_option(c.option).fields.global_pointer == c.global_pointer  # type: ignore[union-attr]

@@ -1,0 +1,54 @@
+# pdmv2-lab — run as root on Debian 12.  `make help` lists the targets.
+#
+# Everything runs in .venv, made with Debian's /usr/bin/python3 and --system-site-packages so that
+# Debian's Mininet (apt) is importable beside the pinned PyPI packages.
+
+SHELL      := /bin/bash
+PYTHON_SYS ?= /usr/bin/python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+PY         := $(BIN)/python
+STAMP      := $(VENV)/.deps-installed
+APT_PKGS   := python3-venv python3-dev gcc mininet iproute2 iptables tcpdump tshark iperf3 \
+              libnetfilter-queue-dev openssh-server openssh-client
+PYTEST_ARGS ?=
+
+.PHONY: help deps test test-unit lint bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+deps: $(STAMP) ## install Debian packages (apt) and the pinned Python packages (.venv)
+
+$(STAMP): pyproject.toml requirements.lock
+	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (apt-get install, namespaces)"; exit 1; fi
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo ">> apt-get install $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	fi
+	@test -x $(PY) || { echo ">> creating $(VENV) with $(PYTHON_SYS)"; $(PYTHON_SYS) -m venv --system-site-packages $(VENV); }
+	@echo ">> pip install (pinned, see requirements.lock)"
+	@$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
+	@touch $(STAMP)
+
+test: deps ## run every test (unit, vectors, property; e2e ones need root)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: deps ## the tests that need neither root nor namespaces
+	$(PY) -m pytest tests -m "not e2e" $(PYTEST_ARGS)
+
+lint: deps ## ruff and mypy
+	$(BIN)/ruff check pdmv2 tests bench
+	$(BIN)/ruff format --check pdmv2 tests bench
+	$(BIN)/mypy
+
+bench: deps ## benchmarks: core micro-benchmark (writes bench/core.json)
+	$(PY) bench/core_bench.py --json bench/core.json
+
+demo: deps ## walk through registration, key derivation and PDMv2 packets (no lab needed)
+	$(PY) -m pdmv2.demo
+
+clean: ## remove the venv and caches (never touches the system)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
