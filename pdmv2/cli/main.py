@@ -33,7 +33,7 @@ def _optional_subcommands() -> list[Register]:
             if exc.name and exc.name.startswith(f"{__package__}.{name}"):
                 continue
             raise
-        found.append(module.register)
+        found.append(getattr(module, "register_commands", None) or module.register)
     return found
 
 
