@@ -40,8 +40,9 @@ def run(n: int, suite: Suite = DEFAULT_SUITE) -> dict[str, float]:
     c = "2001:db8:1::10"
     cs = client_secret(suite, shared_secret=shared, salt=salt, client_addr=c)
     ck = ClientKeyring(suite, ipaddress.IPv6Address(c).packed, cs)
-    sk = ServerKeyring(suite, shared_secret=shared, salt=salt,
-                       client_prefixes=(ipaddress.IPv6Network("2001:db8:1::/64"),))
+    sk = ServerKeyring(
+        suite, shared_secret=shared, salt=salt, client_prefixes=(ipaddress.IPv6Network("2001:db8:1::/64"),)
+    )
     flow = FiveTuple.from_text(c, 40000, "2001:db8:2::20", 443, 6)
     out: dict[str, float] = {}
 

@@ -72,9 +72,13 @@ async def _send(writer: asyncio.StreamWriter, msg: Message, timeout: float) -> N
         raise RegistrationError(ErrorCode.CONNECTION, f"connection failed ({type(exc).__name__})") from None
 
 
+class PeerRefused(RegistrationError):
+    """The peer sent an ERROR message: not answered with another one."""
+
+
 def _expect(msg: Message, kind: type) -> None:
     if isinstance(msg, ErrorMessage):
-        raise RegistrationError(msg.code, f"peer refused: {msg.reason}")
+        raise PeerRefused(msg.code, f"peer refused: {msg.reason}")
     if not isinstance(msg, kind):
         raise RegistrationError(ErrorCode.UNEXPECTED_MESSAGE, f"expected {kind.__name__}, got {type(msg).__name__}")
 
@@ -173,7 +177,7 @@ class PrimaryServer:
         except RegistrationError as exc:
             self.stats["failed"] += 1
             log.warning("registration from %s failed: %s", where, exc)
-            if exc.code not in (ErrorCode.CONNECTION,):
+            if exc.code != ErrorCode.CONNECTION and not isinstance(exc, PeerRefused):
                 try:
                     await _send(writer, ErrorMessage(exc.code, exc.reason), 1.0)
                 except RegistrationError:

@@ -221,6 +221,9 @@ def test_engine_fast_path_agrees_with_the_public_codec() -> None:
         opened = OptionCipher(session_key(DEFAULT_SUITE, client_secret=cs, flow=FLOW, kri=s.kri or 0)).open(opt)
         assert (opened.random_number, opened.f) == (s.random_number, s.f)
         assert (opened.fields.psntp, opened.fields.psnlr, opened.fields.global_pointer) == (
-            s.psntp, s.psnlr, s.global_pointer)
+            s.psntp,
+            s.psnlr,
+            s.global_pointer,
+        )
         c = a.outgoing(FLOW, Mode.PDMV2_CLEAR, t * MS + 1)
         assert decode_option(c.option).fields.global_pointer == c.global_pointer  # type: ignore[union-attr]
