@@ -44,8 +44,9 @@ lint: deps ## ruff and mypy
 	$(BIN)/ruff format --check pdmv2 tests bench
 	$(BIN)/mypy
 
-bench: deps ## benchmarks: core micro-benchmark (writes bench/core.json)
+bench: deps ## benchmarks: core micro-benchmark and registration on loopback (bench/*.json)
 	$(PY) bench/core_bench.py --json bench/core.json
+	$(PY) bench/registration_bench.py --json bench/registration.json
 
 demo: deps ## walk through registration, key derivation and PDMv2 packets (no lab needed)
 	$(PY) -m pdmv2.demo

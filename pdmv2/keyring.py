@@ -62,6 +62,13 @@ class ClientKeyring:
     expires: int = 0
     """Unix time after which the secret is no longer used (0: never)."""
 
+    def __repr__(self) -> str:
+        servers = ", ".join(map(str, self.server_prefixes)) or "any"
+        return (
+            f"ClientKeyring(suite={self.suite}, client_addr={ipaddress.IPv6Address(self.client_addr)}, "
+            f"servers={servers}, registration_id={self.registration_id!r})"
+        )
+
     def client_secret_for(self, *, local: bytes, remote: bytes) -> bytes:
         if local != self.client_addr:
             raise UnknownKeyError("no client_secret for this local address")
