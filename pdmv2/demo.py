@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .doh import insert_option, parse_packet
 from .errors import AuthenticationError
-from .flow import Mode, PdmEngine
+from .flow import AddrType, Mode, PdmEngine
 from .keyring import dump_client_key_file, dump_server_key_file, parse_key_file
 from .keys import FiveTuple, KemId, client_secret
 from .metrics import MetricsTracker, PacketRecord
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ll = FiveTuple.from_text("fe80::10", 0, "fe80::20", 0, 58)
     s1 = sc.outgoing(ll, Mode.PDMV2_CLEAR, t)
-    print(f"    link-local GP {s1.global_pointer}, global GP so far {sc.global_pointer(1)}: {decode_option(s1.option)}")
+    print(f"    link-local GP {s1.global_pointer}, global GP so far {sc.global_pointer(AddrType.GLOBAL)}: {decode_option(s1.option)}")
     print("\ndone.")
     return 0
 
