@@ -10,7 +10,7 @@ BIN        := $(VENV)/bin
 PY         := $(BIN)/python
 STAMP      := $(VENV)/.deps-installed
 APT_PKGS   := python3-venv python3-dev gcc mininet iproute2 iptables tcpdump tshark iperf3 \
-              libnetfilter-queue-dev openssh-server openssh-client
+              libnetfilter-queue-dev openssh-server openssh-client iputils-ping curl
 PYTEST_ARGS ?=
 
 .PHONY: help deps test test-unit lint bench demo clean

@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ll = FiveTuple.from_text("fe80::10", 0, "fe80::20", 0, 58)
     s1 = sc.outgoing(ll, Mode.PDMV2_CLEAR, t)
-    print(f"    link-local GP {s1.global_pointer}, global GP so far {sc.global_pointer(AddrType.GLOBAL)}: {decode_option(s1.option)}")
+    gp_global = sc.global_pointer(AddrType.GLOBAL)
+    print(f"    link-local GP {s1.global_pointer}, global GP so far {gp_global}: {decode_option(s1.option)}")
     print("\ndone.")
     return 0
 

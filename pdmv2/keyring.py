@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -131,13 +132,13 @@ class CombinedKeyring:
 
     __slots__ = ("rings",)
 
-    def __init__(self, rings: list[KeyProvider]) -> None:
+    def __init__(self, rings: Sequence[KeyProvider]) -> None:
         if not rings:
             raise PdmError("a keyring needs at least one key")
         suites = {r.suite for r in rings}
         if len(suites) != 1:
             raise PdmError("all keys of one host must use the same suite")
-        self.rings = rings
+        self.rings = list(rings)
 
     @property
     def suite(self) -> Suite:
@@ -311,3 +312,25 @@ def dump_server_key_file(
         )
         + "\n"
     )
+
+
+class EitherEndKeyring:
+    """For an observer holding keys of either end (offline decoding): tries both orientations."""
+
+    __slots__ = ("ring",)
+
+    def __init__(self, ring: KeyProvider) -> None:
+        self.ring = ring
+
+    @property
+    def suite(self) -> Suite:
+        return self.ring.suite
+
+    def __repr__(self) -> str:
+        return f"EitherEndKeyring({self.ring!r})"
+
+    def client_secret_for(self, *, local: bytes, remote: bytes) -> bytes:
+        try:
+            return self.ring.client_secret_for(local=local, remote=remote)
+        except UnknownKeyError:
+            return self.ring.client_secret_for(local=remote, remote=local)

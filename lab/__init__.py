@@ -1,0 +1,1 @@
+"""The lab: topologies built with Mininet, and a small namespace helper for tests and benchmarks."""

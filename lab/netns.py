@@ -1,0 +1,144 @@
+"""Network namespaces and veth pairs for tests and benchmarks (an edge: runs `ip`).
+
+Everything made here is named with one unique prefix and removed by ``Testbed.close`` — also
+after a failure (use it as a context manager).  Nothing is touched that this object did not
+create; nothing is ever routed through the root namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Testbed", "Host", "require_root"]
+
+
+def require_root() -> None:
+    """Raise PermissionError with a clear message when not root."""
+    if os.geteuid() != 0:
+        raise PermissionError("network namespaces need root: run as root (sudo)")
+
+
+def _run(args: Sequence[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@dataclass
+class Host:
+    """One namespace."""
+
+    name: str
+    """Namespace name (unique per testbed)."""
+    addrs: list[str] = field(default_factory=list)
+    """Global addresses configured (without prefix length)."""
+
+    def cmd(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a command in the namespace and wait."""
+        return _run(["ip", "netns", "exec", self.name, *args], check=check, timeout=timeout)
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
+        """Start a command in the namespace."""
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *args], text=True, **kw)  # type: ignore[call-overload]
+
+    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a shell snippet in the namespace (tests only; never from YAML)."""
+        return self.cmd("sh", "-c", script, check=check)
+
+    def link_local(self, dev: str) -> str:
+        """The fe80:: address of ``dev``."""
+        out = self.cmd("ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link").stdout
+        return out.split()[3].split("/")[0]
+
+
+class Testbed:
+    """Namespaces joined by veth pairs, all removed on close."""
+
+    def __init__(self, tag: str = "pdm") -> None:
+        require_root()
+        self.prefix = f"{tag}{uuid.uuid4().hex[:6]}"
+        self.hosts: dict[str, Host] = {}
+        self._procs: list[subprocess.Popen[str]] = []
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add_host(self, name: str) -> Host:
+        """A namespace with loopback up, IPv6 forwarding off, DAD off, no IPv4 address anywhere."""
+        ns = f"{self.prefix}-{name}"
+        _run(["ip", "netns", "add", ns])
+        host = Host(ns)
+        self.hosts[name] = host
+        host.cmd("ip", "link", "set", "lo", "up")
+        for key in (
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.default.accept_ra=0",
+            "net.ipv6.conf.all.accept_ra=0",
+        ):
+            host.cmd("sysctl", "-qw", key)
+        return host
+
+    def link(self, a: Host, a_dev: str, b: Host, b_dev: str, *, mtu: int = 1500) -> None:
+        """A veth pair between two namespaces, both ends up."""
+        tmp_a, tmp_b = f"{self.prefix}a{len(self._procs)}{a_dev}"[:15], f"{self.prefix}b{b_dev}"[:15]
+        _run(["ip", "link", "add", tmp_a, "mtu", str(mtu), "type", "veth", "peer", "name", tmp_b, "mtu", str(mtu)])
+        _run(["ip", "link", "set", tmp_a, "netns", a.name, "name", a_dev])
+        _run(["ip", "link", "set", tmp_b, "netns", b.name, "name", b_dev])
+        a.cmd("ip", "link", "set", a_dev, "up")
+        b.cmd("ip", "link", "set", b_dev, "up")
+
+    @staticmethod
+    def address(host: Host, dev: str, cidr: str) -> None:
+        """A global address (nodad) on ``dev``."""
+        host.cmd("ip", "-6", "addr", "add", cidr, "dev", dev, "nodad")
+        host.addrs.append(cidr.split("/")[0])
+
+    @staticmethod
+    def wait_link_local(host: Host, dev: str, timeout: float = 5.0) -> str:
+        """Poll until ``dev`` has a usable (non-tentative) link-local address."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = host.cmd("ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link").stdout
+            if out and "tentative" not in out:
+                return out.split()[3].split("/")[0]
+            time.sleep(0.05)
+        raise TimeoutError(f"{host.name}/{dev}: no link-local address")
+
+    def spawn(self, host: Host, *args: str, **kw: object) -> subprocess.Popen[str]:
+        """Start a process in ``host``; it is killed on close."""
+        proc = host.popen(*args, **kw)
+        self._procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Kill our processes, delete our namespaces (their veths go with them)."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        for host in self.hosts.values():
+            # Processes started another way inside the namespace: by pid, found through the namespace.
+            pids = _run(["ip", "netns", "pids", host.name], check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
+            _run(["ip", "netns", "delete", host.name], check=False)
+        self.hosts.clear()
+
+
+def quote(args: Sequence[str]) -> str:
+    """Shell-quoted command line, for messages."""
+    return " ".join(shlex.quote(a) for a in args)

@@ -1,0 +1,375 @@
+"""``pdmv2 agent``: the daemon that runs in one host's network namespace.
+
+One thread, one loop: select() on the NFQUEUE socket, the control socket and a signal pipe.
+Packets go through PacketProcessor (pure); this module only moves bytes, reads clocks, writes
+records and answers the control socket.  Any exception in packet handling is counted and the
+packet accepted unchanged: no packet ever crashes the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, PdmError
+from ..flow import AddrType, PdmEngine
+from ..keyring import CombinedKeyring, KeyProvider, parse_key_file
+from ..packetproc import Outcome, PacketProcessor, Verdict
+from ..policy import Policy, parse_policy
+from ..regstore import read_text
+from . import rules
+from .nfq import open_queue
+
+__all__ = ["Agent", "AgentPaths", "load_keys", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME"]
+
+log = logging.getLogger("pdmv2.agent")
+NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT = 1, 3
+RECORDS_NAME, SOCKET_NAME, PID_NAME = "records.jsonl", "agent.sock", "agent.pid"
+_LOG_EVERY_NS = 1_000_000_000
+
+
+class AgentPaths:
+    """Where one host's agent reads and writes."""
+
+    def __init__(self, config_dir: Path, run_dir: Path, policy: Path | None = None, keys: Path | None = None) -> None:
+        self.config_dir = Path(config_dir)
+        self.run_dir = Path(run_dir)
+        self.policy = policy or self.config_dir / "policy.yaml"
+        self.keys = keys or self.config_dir / "keys"
+
+    @property
+    def socket(self) -> Path:
+        """Control socket."""
+        return self.run_dir / SOCKET_NAME
+
+    @property
+    def records(self) -> Path:
+        """Per-packet JSON lines."""
+        return self.run_dir / RECORDS_NAME
+
+
+def load_keys(keys_dir: Path) -> KeyProvider | None:
+    """Every *.json key file in the directory (0600 enforced), or None when there is none."""
+    if not keys_dir.exists():
+        return None
+    rings = []
+    for path in sorted(keys_dir.glob("*.json")):
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(str(path), "mode", f"is {mode:04o}; key files must be 0600")
+        rings.append(parse_key_file(read_text(path, "key file"), str(path)))
+    if not rings:
+        return None
+    return CombinedKeyring(rings) if len(rings) > 1 else rings[0]
+
+
+class _RateLimitedLog:
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.suppressed: Counter[str] = Counter()
+
+    def warn(self, reason: str, detail: str, now: int) -> None:
+        if now - self.last.get(reason, -_LOG_EVERY_NS) >= _LOG_EVERY_NS:
+            extra = f" ({self.suppressed[reason]} more since last report)" if self.suppressed[reason] else ""
+            log.warning("%s: %s%s", reason, detail, extra)
+            self.last[reason] = now
+            self.suppressed[reason] = 0
+        else:
+            self.suppressed[reason] += 1
+
+
+class Agent:
+    """The daemon: rules, queue, processing, records, control socket."""
+
+    def __init__(self, paths: AgentPaths, *, queue: int = 7, install_rules: bool = True) -> None:
+        self.paths = paths
+        self.queue_num = queue
+        self.install_rules = install_rules
+        self.policy = self._load_policy()
+        self.engine = PdmEngine(
+            keys=load_keys(paths.keys), rotate_after=self.policy.rotate_after, grace_ns=self.policy.grace_ms * 1_000_000
+        )
+        self.proc = PacketProcessor(self.engine, self.policy)
+        self.started = time.time()
+        self.errors: Counter[str] = Counter()
+        self._logs = _RateLimitedLog()
+        self._records: Any = None
+        self._reload = False
+        self._stop = False
+        self._last_flush = 0
+
+    def _load_policy(self) -> Policy:
+        if not self.paths.policy.exists():
+            raise ConfigError(str(self.paths.policy), "policy", "file not found")
+        return parse_policy(read_text(self.paths.policy, "policy"), str(self.paths.policy))
+
+    # -- packets ---------------------------------------------------------------------------------
+
+    def handle(self, pkt: Any) -> None:
+        """netfilterqueue callback: never raises, always gives a verdict."""
+        try:
+            payload = pkt.get_payload()
+            if pkt.hook == NF_INET_LOCAL_OUT:
+                verdict = self.proc.egress(payload, time.monotonic_ns())
+                if verdict.packet is not None:
+                    pkt.set_payload(verdict.packet)
+                pkt.accept()
+                self._after(verdict, "egress")
+            else:
+                verdict = self.proc.ingress(payload, self._ingress_time(pkt))
+                if verdict.drop:
+                    pkt.drop()
+                else:
+                    pkt.accept()
+                self._after(verdict, "ingress")
+        except Exception as exc:
+            self.errors[type(exc).__name__] += 1
+            self._logs.warn(
+                "internal_error",
+                f"{type(exc).__name__} while handling a packet; accepted unchanged",
+                time.monotonic_ns(),
+            )
+            try:
+                pkt.accept()
+            except Exception:  # noqa: S110 - already decided; nothing more to do
+                pass
+
+    @staticmethod
+    def _ingress_time(pkt: Any) -> int:
+        """Monotonic ns of arrival: the kernel's timestamp when NFQUEUE has one, else now."""
+        now_mono = time.monotonic_ns()
+        try:
+            ts = pkt.get_timestamp()
+        except Exception:
+            ts = 0
+        if ts:
+            age = time.time_ns() - int(ts * 1e9)
+            if 0 <= age < 1_000_000_000:
+                return now_mono - age
+        return now_mono
+
+    def _after(self, verdict: Verdict, direction: str) -> None:
+        if verdict.outcome in (
+            Outcome.AUTH_FAILED,
+            Outcome.REPLAY,
+            Outcome.STALE_KEY,
+            Outcome.BAD_OPTION,
+            Outcome.NO_KEY,
+            Outcome.MALFORMED,
+            Outcome.TOO_BIG,
+        ):
+            self._logs.warn(f"{direction}_{verdict.outcome.value}", verdict.detail, time.monotonic_ns())
+        if self._records is None:
+            return
+        item = verdict.sent if direction == "egress" else verdict.received
+        if item is None:
+            if verdict.outcome in (Outcome.AUTH_FAILED, Outcome.REPLAY, Outcome.STALE_KEY, Outcome.BAD_OPTION):
+                self._records.write(
+                    json.dumps({"t": time.time(), "direction": direction, "status": verdict.outcome.value}) + "\n"
+                )
+            return
+        f = item.flow
+        self._records.write(
+            json.dumps(
+                {
+                    "t": time.time(),
+                    "direction": direction,
+                    "src": f.src_text,
+                    "sport": f.src_port,
+                    "dst": f.dst_text,
+                    "dport": f.dst_port,
+                    "proto": f.proto,
+                    "mode": item.mode.value,
+                    "psntp": item.psntp,
+                    "psnlr": item.psnlr,
+                    "delta_tlr_ns": item.delta_tlr_as / 1e9,
+                    "delta_tls_ns": item.delta_tls_as / 1e9,
+                    "global_pointer": item.global_pointer,
+                    "kri": item.kri,
+                    "status": verdict.outcome.value,
+                }
+            )
+            + "\n"
+        )
+
+    # -- control -----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Everything `pdmv2 stats` shows."""
+        flows = []
+        for fs in self.proc.flow_stats.values():
+            f = fs.flow
+            summary = {
+                k: (
+                    None
+                    if v is None
+                    else {"count": v.count, "min_ns": v.min, "p50_ns": v.p50, "p95_ns": v.p95, "max_ns": v.max}
+                )
+                for k, v in fs.summary().items()
+            }
+            flows.append(
+                {
+                    "src": f.src_text,
+                    "sport": f.src_port,
+                    "dst": f.dst_text,
+                    "dport": f.dst_port,
+                    "proto": f.proto,
+                    **summary,
+                }
+            )
+        return {
+            "pid": os.getpid(),
+            "uptime_s": time.time() - self.started,
+            "counters": dict(self.proc.counters),
+            "internal_errors": dict(self.errors),
+            "flows_tracked": len(self.engine.flows),
+            "global_pointer": {
+                "link_local": self.engine.global_pointer(AddrType.LINK_LOCAL),
+                "global": self.engine.global_pointer(AddrType.GLOBAL),
+            },
+            "keys": repr(self.engine.keys) if self.engine.keys is not None else None,
+            "flows": flows,
+        }
+
+    def _serve_control(self, server: socket.socket) -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                request = conn.recv(256).decode("ascii", "replace").strip()
+                if request == "stats":
+                    reply: dict[str, Any] = self.stats()
+                elif request == "reload":
+                    self._reload = True
+                    reply = {"ok": True}
+                else:
+                    reply = {"error": f"unknown request {request[:40]!r}"}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def reload(self) -> None:
+        """SIGHUP: re-read keys and policy; flow state stays.  A bad file keeps the old settings."""
+        try:
+            policy = self._load_policy()
+            keys = load_keys(self.paths.keys)
+        except PdmError as exc:
+            log.error("reload refused, keeping the running settings: %s", exc)
+            return
+        self.policy = policy
+        self.proc.set_policy(policy)
+        self.engine.set_keys(keys)
+        log.info("reloaded policy (%d rules) and keys (%s)", len(policy.rules), keys)
+
+    # -- main loop ---------------------------------------------------------------------------------
+
+    def run(self, ready: Any = None) -> int:
+        """Serve until SIGTERM/SIGINT; removes everything it installed on the way out."""
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.paths.run_dir / PID_NAME).write_text(f"{os.getpid()}\n")
+        self.paths.socket.unlink(missing_ok=True)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.bind(str(self.paths.socket))
+        os.chmod(self.paths.socket, 0o600)
+        control.listen(8)
+        control.setblocking(False)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            if signum == signal.SIGHUP:
+                self._reload = True
+            else:
+                self._stop = True
+            try:
+                os.write(wake_w, b"x")
+            except OSError:
+                pass
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, on_signal)
+        if self.policy.records:
+            self._records = open(self.paths.records, "a", buffering=1 << 20, encoding="utf-8")
+        nfq: Any = None
+        try:
+            nfq = open_queue(self.queue_num, self.handle)
+            if self.install_rules:
+                rules.install(self.queue_num, rules.mss_for(self.policy.mtu, self.policy.max_option_size))
+            nfq_sock = socket.socket(fileno=os.dup(nfq.get_fd()))
+            log.info(
+                "agent up: queue %d, %d policy rules, keys %s", self.queue_num, len(self.policy.rules), self.engine.keys
+            )
+            if ready is not None:
+                ready()
+            while not self._stop:
+                watched: list[Any] = [nfq_sock, control, wake_r]
+                readable, _, _ = select.select(watched, [], [], 1.0)
+                if nfq_sock in readable:
+                    nfq.run(block=False)
+                if control in readable:
+                    self._serve_control(control)
+                if wake_r in readable:
+                    os.read(wake_r, 64)
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                self._housekeeping()
+            nfq_sock.close()
+        finally:
+            if self.install_rules:
+                rules.remove()
+            if nfq is not None:
+                nfq.unbind()
+            if self._records is not None:
+                self._records.close()
+            control.close()
+            self.paths.socket.unlink(missing_ok=True)
+            (self.paths.run_dir / PID_NAME).unlink(missing_ok=True)
+            os.close(wake_r)
+            os.close(wake_w)
+        log.info("agent stopped: %s", dict(self.proc.counters))
+        return 0
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic_ns()
+        if now - self._last_flush > 1_000_000_000:
+            self._last_flush = now
+            if self._records is not None:
+                self._records.flush()
+            self.engine.expire(now)
+
+
+def query(run_dir: Path, request: str = "stats", timeout: float = 3.0) -> dict[str, Any]:
+    """Ask a running agent over its control socket."""
+    path = Path(run_dir) / SOCKET_NAME
+    if not path.exists():
+        raise ConfigError(str(path), "agent", "no agent socket here: is the agent running on this host?")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(request.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(str(path), "agent", f"no answer ({type(exc).__name__})") from None
+    try:
+        reply: dict[str, Any] = json.loads(data)
+    except ValueError:
+        raise ConfigError(str(path), "agent", "garbled answer") from None
+    return reply

@@ -1,0 +1,92 @@
+"""The agent's ip6tables chains: created at start, removed at exit, cleaned up after a crash.
+
+Everything lives in chains of our own (PDMV2_OUT, PDMV2_IN in filter; PDMV2_MSS in mangle) with
+one jump each from the built-in chains; removal deletes exactly those jumps and chains.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from ..errors import ConfigError
+
+__all__ = ["rule_specs", "install", "remove", "OUT", "IN", "MSS", "mss_for"]
+
+OUT, IN, MSS = "PDMV2_OUT", "PDMV2_IN", "PDMV2_MSS"
+_JUMPS = [("filter", "OUTPUT", OUT), ("filter", "INPUT", IN), ("mangle", "OUTPUT", MSS), ("mangle", "INPUT", MSS)]
+
+
+def mss_for(mtu: int, option_size: int) -> int:
+    """TCP MSS that leaves room for the Destination Options header (padded to 8) in ``mtu``."""
+    doh = -(-(2 + option_size) // 8) * 8 if option_size else 0
+    return mtu - 40 - 20 - doh
+
+
+def rule_specs(queue: int, mss: int) -> list[list[str]]:
+    """The ip6tables argument lists that build our chains (without the leading 'ip6tables')."""
+    q = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+    specs = [
+        ["-t", "filter", "-N", OUT],
+        ["-t", "filter", "-A", OUT, "-o", "lo", "-j", "RETURN"],
+        ["-t", "filter", "-A", OUT, "-p", "tcp", *q],
+        ["-t", "filter", "-A", OUT, "-p", "udp", *q],
+        # ICMPv6: echo only; neighbour discovery, MLD and errors are never queued.
+        ["-t", "filter", "-A", OUT, "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", *q],
+        ["-t", "filter", "-A", OUT, "-p", "ipv6-icmp", "--icmpv6-type", "echo-reply", *q],
+        ["-t", "filter", "-N", IN],
+        ["-t", "filter", "-A", IN, "-i", "lo", "-j", "RETURN"],
+        ["-t", "filter", "-A", IN, "-m", "ipv6header", "--header", "ipv6-opts", "--soft", *q],
+        ["-t", "mangle", "-N", MSS],
+        [
+            "-t",
+            "mangle",
+            "-A",
+            MSS,
+            "-p",
+            "tcp",
+            "--tcp-flags",
+            "SYN,RST",
+            "SYN",
+            "-j",
+            "TCPMSS",
+            "--set-mss",
+            str(mss),
+        ],
+    ]
+    specs += [["-t", table, "-I", chain, "1", "-j", target] for table, chain, target in _JUMPS]
+    return specs
+
+
+def _ip6tables(args: Sequence[str], check: bool) -> subprocess.CompletedProcess[str]:
+    try:
+        run = subprocess.run(["ip6tables", "-w", "5", *args], capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise ConfigError("ip6tables", "command", "not installed (apt-get install iptables)") from None
+    if check and run.returncode != 0:
+        raise ConfigError("ip6tables", " ".join(args), run.stderr.strip() or f"exit {run.returncode}")
+    return run
+
+
+def remove() -> int:
+    """Delete our jumps and chains if present (also those a crashed agent left); returns how many items."""
+    removed = 0
+    for table, chain, target in _JUMPS:
+        while _ip6tables(["-t", table, "-D", chain, "-j", target], check=False).returncode == 0:
+            removed += 1
+    for table, chain in (("filter", OUT), ("filter", IN), ("mangle", MSS)):
+        if _ip6tables(["-t", table, "-F", chain], check=False).returncode == 0:
+            _ip6tables(["-t", table, "-X", chain], check=False)
+            removed += 1
+    return removed
+
+
+def install(queue: int, mss: int) -> None:
+    """Remove leftovers, then build our chains; on failure nothing of ours stays behind."""
+    remove()
+    try:
+        for spec in rule_specs(queue, mss):
+            _ip6tables(spec, check=True)
+    except ConfigError:
+        remove()
+        raise

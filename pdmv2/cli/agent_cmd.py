@@ -1,0 +1,126 @@
+"""``pdmv2 agent``, ``pdmv2 stats`` and ``pdmv2 decode``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/pdmv2")
+DEFAULT_RUN = Path("/run/pdmv2")
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add agent, stats and decode."""
+    a = sub.add_parser(
+        "agent",
+        help="run the PDMv2 agent on this host (root)",
+        description="Add and read PDMv2 on this host's IPv6 traffic through NFQUEUE. Runs until "
+        "SIGTERM/SIGINT; SIGHUP reloads keys and policy without losing flow state.",
+    )
+    a.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"config directory with policy.yaml and keys/ (default {DEFAULT_CONFIG})",
+    )
+    a.add_argument(
+        "--run",
+        type=Path,
+        default=DEFAULT_RUN,
+        help=f"run directory: control socket, records.jsonl, pid (default {DEFAULT_RUN})",
+    )
+    a.add_argument("--policy", type=Path, help="policy file (default CONFIG/policy.yaml)")
+    a.add_argument("--keys", type=Path, help="key directory (default CONFIG/keys)")
+    a.add_argument("--queue", type=int, default=7, help="NFQUEUE number (default 7)")
+    a.add_argument("--check", action="store_true", help="validate policy and keys, print a summary, exit")
+    a.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    a.set_defaults(func=_agent)
+
+    s = sub.add_parser(
+        "stats",
+        help="ask the running agent for counters and per-flow delays",
+        description="Per-flow round-trip and server delay (count, min, p50, p95, max) and the "
+        "agent's counters, from its control socket.",
+    )
+    s.add_argument("--run", type=Path, default=DEFAULT_RUN, help=f"the agent's run directory (default {DEFAULT_RUN})")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_stats)
+
+    d = sub.add_parser(
+        "decode",
+        help="read PDM/PDMv2 options from a capture file",
+        description="Print every PDM/PDMv2 option in a pcap/pcapng capture: opened where the key "
+        "files cover the flow, 'encrypted' where not; then the metrics per flow.",
+    )
+    d.add_argument("capture", type=Path, help="pcap or pcapng file (tcpdump -w)")
+    d.add_argument("--keys", type=Path, help="directory of key files (client and/or server)")
+    d.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    d.set_defaults(func=_decode)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from ..agent.daemon import Agent, AgentPaths
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    paths = AgentPaths(args.config, args.run, args.policy, args.keys)
+    if args.check:
+        agent = Agent(paths, queue=args.queue, install_rules=False)
+        print(f"policy {paths.policy}: {len(agent.policy.rules)} rule(s), default {agent.policy.default.value}")
+        for rule in agent.policy.rules:
+            print(f"  {rule.prefix} -> {rule.mode.value}")
+        print(f"keys {paths.keys}: {agent.engine.keys!r}")
+        return 0
+    if os.geteuid() != 0:
+        raise ConfigError("pdmv2 agent", "user", "must run as root (ip6tables and NFQUEUE)")
+    agent = Agent(paths, queue=args.queue)
+    return agent.run(ready=lambda: print(f"agent ready (queue {args.queue}, run dir {paths.run_dir})", flush=True))
+
+
+def _ns(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.3f}"
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from ..agent.daemon import query
+
+    reply = query(args.run)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    print(
+        f"agent pid {reply['pid']}, up {reply['uptime_s']:.0f} s, {reply['flows_tracked']} flow(s) tracked, "
+        f"global pointer link-local {reply['global_pointer']['link_local']} global {reply['global_pointer']['global']}"
+    )
+    counters = reply["counters"]
+    if counters:
+        print("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
+    header = f"{'flow':<58} {'metric':<13} {'count':>6} {'min ms':>9} {'p50 ms':>9} {'p95 ms':>9} {'max ms':>9}"
+    print(header)
+    for f in reply["flows"]:
+        name = f"[{f['src']}]:{f['sport']} > [{f['dst']}]:{f['dport']} p{f['proto']}"
+        for metric in ("rtt", "server_delay", "client_delay"):
+            m: dict[str, Any] | None = f.get(metric)
+            if m:
+                print(
+                    f"{name:<58} {metric:<13} {m['count']:>6} {_ns(m['min_ns']):>9} {_ns(m['p50_ns']):>9} "
+                    f"{_ns(m['p95_ns']):>9} {_ns(m['max_ns']):>9}"
+                )
+                name = ""
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from ..capture import decode_capture, render
+
+    result = decode_capture(args.capture, args.keys)
+    sys.stdout.write(render(result, args.format))
+    return 0

@@ -1,0 +1,159 @@
+"""Agent policy (pure): which option each destination gets, and how bad input is handled.
+
+YAML, validated before the agent starts; every error names the file, the line and the field:
+
+    version: 1
+    default: off                       # off | pdm | pdmv2-clear | pdmv2-encrypted
+    rules:                             # longest prefix of the destination wins
+      - prefix: fe80::/10
+        mode: pdmv2-clear              # the draft allows clear PDM on link-local (§5)
+      - prefix: 2001:db8:2::/48
+        mode: pdmv2-encrypted
+    rotate_after: 32767                # packets per key epoch (1..32767)
+    on_auth_failure: deliver           # deliver | drop (draft §7)
+    mtu: 1500                          # packets that would exceed it go out without the option
+    records: true                      # per-packet JSON lines in the run directory
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from .config import line_of, load_yaml
+from .errors import ConfigError
+from .flow import Mode
+from .prseq import PRSEQ_PERIOD
+
+__all__ = ["Policy", "Rule", "parse_policy", "DEFAULT_POLICY_TEXT"]
+
+DEFAULT_POLICY_TEXT = """version: 1
+default: off
+rules:
+  - prefix: fe80::/10
+    mode: pdmv2-clear
+"""
+
+_KEYS = {"version", "default", "rules", "rotate_after", "on_auth_failure", "mtu", "records", "grace_ms", "__line__"}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Destination prefix and the mode its packets get."""
+
+    prefix: ipaddress.IPv6Network
+    """Destination prefix."""
+    mode: Mode
+    """Option put into packets to it."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything the agent decides per packet."""
+
+    rules: tuple[Rule, ...]
+    """Longest prefix first."""
+    default: Mode = Mode.OFF
+    """Mode when no rule matches."""
+    rotate_after: int = PRSEQ_PERIOD
+    """Packets per key epoch before rotation."""
+    on_auth_failure: str = "deliver"
+    """deliver or drop a packet whose option fails to open."""
+    mtu: int = 1500
+    """Largest packet the agent makes."""
+    records: bool = True
+    """Write per-packet JSON lines."""
+    grace_ms: int = 2000
+    """How long the previous key of a peer stays usable after it rotates."""
+
+    def __post_init__(self) -> None:
+        rules = sorted(self.rules, key=lambda r: r.prefix.prefixlen, reverse=True)
+        object.__setattr__(self, "rules", tuple(rules))
+        object.__setattr__(
+            self, "_nets", [(int(r.prefix.network_address), int(r.prefix.netmask), r.mode) for r in rules]
+        )
+        object.__setattr__(self, "_cache", {})
+
+    def mode_for(self, dst: bytes) -> Mode:
+        """Mode for a destination address (16 octets)."""
+        cache: dict[bytes, Mode] = self._cache  # type: ignore[attr-defined]
+        mode = cache.get(dst)
+        if mode is None:
+            value = int.from_bytes(dst, "big")
+            mode = next((m for net, mask, m in self._nets if value & mask == net), self.default)  # type: ignore[attr-defined]
+            if len(cache) > 65536:
+                cache.clear()
+            cache[dst] = mode
+        return mode
+
+    @property
+    def max_option_size(self) -> int:
+        """Largest option (with Type/Length) any rule can add."""
+        return max([r.mode.option_size for r in self.rules] + [self.default.option_size])
+
+
+def _mode(value: Any, source: str, where: str) -> Mode:
+    try:
+        return Mode(str(value).lower() if value is not False else "off")
+    except ValueError:
+        choices = " | ".join(m.value for m in Mode)
+        raise ConfigError(source, where, f"{value!r} is not one of {choices}") from None
+
+
+def _int(doc: dict[str, Any], name: str, lo: int, hi: int, default: int, source: str) -> int:
+    value = doc.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(source, f"{line_of(doc)} {name}".strip(), f"must be an integer in {lo}..{hi}")
+    return value
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """Parse and validate a policy file."""
+    doc = load_yaml(text, source)
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(source, "document", "must be a mapping")
+    unknown = sorted(set(doc) - _KEYS)
+    if unknown:
+        raise ConfigError(source, f"{line_of(doc)} {unknown[0]}".strip(), "unknown setting")
+    if doc.get("version", 1) != 1:
+        raise ConfigError(source, f"{line_of(doc)} version".strip(), "only version 1 is known")
+    rules = []
+    raw_rules = doc.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise ConfigError(source, f"{line_of(doc)} rules".strip(), "must be a list")
+    seen: set[ipaddress.IPv6Network] = set()
+    for i, item in enumerate(raw_rules):
+        where = f"{line_of(item)} rules[{i}]".strip()
+        if not isinstance(item, dict):
+            raise ConfigError(source, where, "must be a mapping with prefix and mode")
+        extra = sorted(set(item) - {"prefix", "mode", "__line__"})
+        if extra:
+            raise ConfigError(source, f"{where}.{extra[0]}", "unknown setting")
+        try:
+            prefix = ipaddress.IPv6Network(str(item.get("prefix")))
+        except ValueError:
+            raise ConfigError(source, f"{where}.prefix", f"{item.get('prefix')!r} is not an IPv6 prefix") from None
+        if prefix in seen:
+            raise ConfigError(source, f"{where}.prefix", f"{prefix} appears twice")
+        seen.add(prefix)
+        if "mode" not in item:
+            raise ConfigError(source, f"{where}.mode", "missing")
+        rules.append(Rule(prefix, _mode(item["mode"], source, f"{where}.mode")))
+    on_fail = doc.get("on_auth_failure", "deliver")
+    if on_fail not in ("deliver", "drop"):
+        raise ConfigError(source, f"{line_of(doc)} on_auth_failure".strip(), "must be deliver or drop")
+    records = doc.get("records", True)
+    if not isinstance(records, bool):
+        raise ConfigError(source, f"{line_of(doc)} records".strip(), "must be true or false")
+    return Policy(
+        tuple(rules),
+        _mode(doc.get("default", "off"), source, f"{line_of(doc)} default".strip()),
+        _int(doc, "rotate_after", 1, PRSEQ_PERIOD, PRSEQ_PERIOD, source),
+        on_fail,
+        _int(doc, "mtu", 1280, 65535, 1500, source),
+        records,
+        _int(doc, "grace_ms", 0, 3_600_000, 2000, source),
+    )

@@ -1,0 +1,178 @@
+"""A three-host testbed for the agent: a (secondary client) — m (router, observer) — b (secondary server).
+
+    a eth0 2001:db8:1::10/64 ---- eth0 m eth1 ---- eth0 b 2001:db8:2::20/64
+              2001:db8:1::1/64 (m)        2001:db8:2::1/64 (m)
+
+Keys are made directly from a SharedSecret (no registration): b holds SharedSecret + salt for
+2001:db8:1::/64, a holds client_secret(2001:db8:1::10).  Everything is removed in close().
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lab.netns import Host, Testbed
+from pdmv2 import DEFAULT_SUITE, client_secret
+from pdmv2.keyring import dump_client_key_file, dump_server_key_file
+from pdmv2.regstore import write_secret_file
+
+A, B = "2001:db8:1::10", "2001:db8:2::20"
+SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
+PY = sys.executable
+
+POLICY = """version: 1
+default: off
+rotate_after: {rotate}
+rules:
+  - prefix: fe80::/10
+    mode: pdmv2-clear
+  - prefix: 2001:db8::/32
+    mode: pdmv2-encrypted
+"""
+
+
+class AgentTopo:
+    """The testbed plus per-host config/run directories and agent processes."""
+
+    def __init__(self, tmp: Path, rotate: int = 32767) -> None:
+        self.tmp = tmp
+        self.tb = Testbed("pdme2e")
+        try:
+            self.a, self.m, self.b = (self.tb.add_host(n) for n in ("a", "m", "b"))
+            self.tb.link(self.a, "eth0", self.m, "eth0")
+            self.tb.link(self.m, "eth1", self.b, "eth0")
+            self.tb.address(self.a, "eth0", f"{A}/64")
+            self.tb.address(self.m, "eth0", "2001:db8:1::1/64")
+            self.tb.address(self.m, "eth1", "2001:db8:2::1/64")
+            self.tb.address(self.b, "eth0", f"{B}/64")
+            self.m.cmd("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+            self.a.cmd("ip", "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:1::1")
+            self.b.cmd("ip", "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:2::1")
+            for host, dev in ((self.a, "eth0"), (self.m, "eth0"), (self.m, "eth1"), (self.b, "eth0")):
+                self.tb.wait_link_local(host, dev)
+            self.write_config("a", rotate)
+            self.write_config("b", rotate)
+            self.agents: dict[str, subprocess.Popen[str]] = {}
+        except BaseException:
+            self.tb.close()
+            raise
+
+    def write_config(self, name: str, rotate: int) -> None:
+        conf = self.tmp / name / "config"
+        (conf / "keys").mkdir(parents=True, exist_ok=True)
+        (conf / "policy.yaml").write_text(POLICY.format(rotate=rotate))
+        if name == "a":
+            cs = client_secret(DEFAULT_SUITE, shared_secret=SHARED, salt=SALT, client_addr=A)
+            text = dump_client_key_file(
+                DEFAULT_SUITE, client_addr=A, client_secret=cs, server_prefixes=[], registration_id="e2e", expires=0
+            )
+        else:
+            text = dump_server_key_file(
+                DEFAULT_SUITE,
+                shared_secret=SHARED,
+                salt=SALT,
+                client_prefixes=["2001:db8:1::/64"],
+                registration_id="e2e",
+                expires=0,
+            )
+        write_secret_file(conf / "keys" / f"{name}.json", text)
+
+    def host(self, name: str) -> Host:
+        return {"a": self.a, "m": self.m, "b": self.b}[name]
+
+    def run_dir(self, name: str) -> Path:
+        return self.tmp / name / "run"
+
+    def start_agent(self, name: str, *extra: str) -> subprocess.Popen[str]:
+        host = self.host(name)
+        log = open(self.tmp / f"agent-{name}.log", "a")
+        proc = self.tb.spawn(
+            host,
+            PY,
+            "-m",
+            "pdmv2.cli.main",
+            "agent",
+            "--config",
+            str(self.tmp / name / "config"),
+            "--run",
+            str(self.run_dir(name)),
+            *extra,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        sock = self.run_dir(name) / "agent.sock"
+        while time.monotonic() < deadline:
+            if sock.exists() and "PDMV2_OUT" in host.cmd("ip6tables", "-S").stdout:
+                self.agents[name] = proc
+                return proc
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent {name} exited: " + (self.tmp / f"agent-{name}.log").read_text())
+            time.sleep(0.05)
+        raise TimeoutError(f"agent {name} not ready: " + (self.tmp / f"agent-{name}.log").read_text())
+
+    def stop_agent(self, name: str) -> int:
+        proc = self.agents.pop(name)
+        proc.terminate()
+        return proc.wait(15)
+
+    def stats(self, name: str) -> dict:
+        out = subprocess.run(
+            [PY, "-m", "pdmv2.cli.main", "stats", "--json", "--run", str(self.run_dir(name))],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        return json.loads(out.stdout)
+
+    def capture(self, name: str, dev: str, path: Path) -> subprocess.Popen[str]:
+        """tcpdump on host/dev to path; returns once it is capturing."""
+        proc = self.tb.spawn(
+            self.host(name),
+            "tcpdump",
+            "-i",
+            dev,
+            "-U",
+            "-n",
+            "--immediate-mode",
+            "-w",
+            str(path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # "listening on ..." once the capture is open
+        assert "listening" in line, line
+        return proc
+
+    @staticmethod
+    def stop_capture(proc: subprocess.Popen[str]) -> None:
+        time.sleep(0.2)
+        proc.terminate()
+        proc.wait(10)
+
+    def close(self) -> None:
+        for proc in self.agents.values():
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.agents.clear()
+        self.tb.close()
+
+
+def env_ok() -> str | None:
+    """Why the e2e tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("ip", "ip6tables", "tcpdump", "ping"):
+        if subprocess.run(["which", tool], capture_output=True, check=False).returncode != 0:
+            return f"{tool} not installed"
+    return None
