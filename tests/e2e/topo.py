@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from lab.netns import Host, Testbed
-from pdmv2 import DEFAULT_SUITE, client_secret
+from pdmv2 import DEFAULT_SUITE, ConfigError, client_secret
+from pdmv2.agent.daemon import query
 from pdmv2.keyring import dump_client_key_file, dump_server_key_file
 from pdmv2.regstore import write_secret_file
 
@@ -106,11 +107,15 @@ class AgentTopo:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 15
-        sock = self.run_dir(name) / "agent.sock"
         while time.monotonic() < deadline:
-            if sock.exists() and "PDMV2_OUT" in host.cmd("ip6tables", "-S").stdout:
-                self.agents[name] = proc
-                return proc
+            # Ready when *this* process answers on the control socket (a crashed one may have left
+            # its socket file and its chains behind).
+            try:
+                if query(self.run_dir(name), timeout=0.5).get("pid") == proc.pid:
+                    self.agents[name] = proc
+                    return proc
+            except ConfigError:
+                pass
             if proc.poll() is not None:
                 raise RuntimeError(f"agent {name} exited: " + (self.tmp / f"agent-{name}.log").read_text())
             time.sleep(0.05)
