@@ -43,7 +43,8 @@ class Host:
 
     def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
         """Start a command in the namespace."""
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *args], text=True, **kw)  # type: ignore[call-overload]
+        kw.setdefault("text", True)
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *args], **kw)  # type: ignore[call-overload]
 
     def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a shell snippet in the namespace (tests only; never from YAML)."""

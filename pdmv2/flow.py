@@ -73,12 +73,15 @@ class Mode(StrEnum):
     @property
     def option_size(self) -> int:
         """Octets of the option with its Type and Length (0 for off)."""
-        return {
-            Mode.OFF: 0,
-            Mode.PDM: option_size(OptionLength.PDM),
-            Mode.PDMV2_CLEAR: option_size(OptionLength.PDMV2_CLEAR),
-            Mode.PDMV2_ENCRYPTED: option_size(OptionLength.PDMV2_ENCRYPTED),
-        }[self]
+        return _OPTION_SIZE[self]
+
+
+_OPTION_SIZE = {
+    Mode.OFF: 0,
+    Mode.PDM: option_size(OptionLength.PDM),
+    Mode.PDMV2_CLEAR: option_size(OptionLength.PDMV2_CLEAR),
+    Mode.PDMV2_ENCRYPTED: option_size(OptionLength.PDMV2_ENCRYPTED),
+}
 
 
 class AddrType(IntEnum):

@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
+from typing import NamedTuple
 
 from pyhpke.consts import KDFId as _PyKdfId
 from pyhpke.kdf import KDF as _PyKdf
@@ -144,9 +145,12 @@ DEFAULT_SUITE = Suite()
 _FIVE = struct.Struct(">16sH16sHB")
 
 
-@dataclass(frozen=True, slots=True)
-class FiveTuple:
-    """A flow's 5-tuple, as one packet carries it (src is the sender)."""
+class FiveTuple(NamedTuple):
+    """A flow's 5-tuple, as one packet carries it (src is the sender).
+
+    A NamedTuple rather than a frozen dataclass: it is the key of every per-packet dictionary
+    lookup, and a tuple's hash and equality run in C (five times faster here).
+    """
 
     src: bytes
     """Source address, 16 octets."""

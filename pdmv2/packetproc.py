@@ -72,7 +72,7 @@ class FlowStats:
 
     def summary(self) -> dict[str, Summary | None]:
         """count/min/p50/p95/max per metric."""
-        return {m.value: summarize(list(v)) for m, v in self.values.items()}
+        return {m.value: summarize(list(v)) for m, v in list(self.values.items())}
 
 
 class PacketProcessor:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
 import socket
+import statistics
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,10 @@ def load_keys(keys_dir: Path) -> KeyProvider | None:
     return CombinedKeyring(rings) if len(rings) > 1 else rings[0]
 
 
+def _json_num(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
 class _RateLimitedLog:
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
@@ -86,8 +91,18 @@ class _RateLimitedLog:
             self.suppressed[reason] += 1
 
 
+class _Wakeup(Exception):
+    """Raised by the signal handler to leave nfq.run() (never while a packet waits for its verdict)."""
+
+
 class Agent:
-    """The daemon: rules, queue, processing, records, control socket."""
+    """The daemon: rules, queue, processing, records, control socket.
+
+    The main thread blocks in netfilterqueue's own recv loop (a select()/poll() loop in Python
+    added about 100 µs of latency per packet here).  Signals — SIGTERM/SIGINT to stop, SIGHUP to
+    reload, a 1 s SIGALRM for housekeeping — interrupt it by raising _Wakeup, never in the middle
+    of a packet.  A second thread answers the control socket.
+    """
 
     def __init__(self, paths: AgentPaths, *, queue: int = 7, install_rules: bool = True) -> None:
         self.paths = paths
@@ -102,9 +117,15 @@ class Agent:
         self.errors: Counter[str] = Counter()
         self._logs = _RateLimitedLog()
         self._records: Any = None
+        self._record_prefix: dict[tuple[Any, ...], str] = {}
         self._reload = False
         self._stop = False
-        self._last_flush = 0
+        self._in_callback = False
+        self._in_run = False
+        self._wakeup_pending = False
+        self.busy_ns = 0
+        self.handled = 0
+        self._recent: deque[int] = deque(maxlen=4096)
 
     def _load_policy(self) -> Policy:
         if not self.paths.policy.exists():
@@ -114,7 +135,22 @@ class Agent:
     # -- packets ---------------------------------------------------------------------------------
 
     def handle(self, pkt: Any) -> None:
-        """netfilterqueue callback: never raises, always gives a verdict."""
+        """netfilterqueue callback: always gives a verdict; raises only _Wakeup, after the verdict."""
+        self._in_callback = True
+        t0 = time.perf_counter_ns()
+        try:
+            self._handle(pkt)
+        finally:
+            spent = time.perf_counter_ns() - t0
+            self.busy_ns += spent
+            self.handled += 1
+            self._recent.append(spent)
+            self._in_callback = False
+            if self._wakeup_pending:
+                self._wakeup_pending = False
+                raise _Wakeup
+
+    def _handle(self, pkt: Any) -> None:
         try:
             payload = pkt.get_payload()
             if pkt.hook == NF_INET_LOCAL_OUT:
@@ -176,11 +212,12 @@ class Agent:
                     json.dumps({"t": time.time(), "direction": direction, "status": verdict.outcome.value}) + "\n"
                 )
             return
-        f = item.flow
-        self._records.write(
-            json.dumps(
+        key = (item.flow, direction, item.mode)
+        prefix = self._record_prefix.get(key)
+        if prefix is None:  # the constant part of a flow's lines, made once (json.dumps per packet was slow)
+            f = item.flow
+            prefix = json.dumps(
                 {
-                    "t": time.time(),
                     "direction": direction,
                     "src": f.src_text,
                     "sport": f.src_port,
@@ -188,16 +225,16 @@ class Agent:
                     "dport": f.dst_port,
                     "proto": f.proto,
                     "mode": item.mode.value,
-                    "psntp": item.psntp,
-                    "psnlr": item.psnlr,
-                    "delta_tlr_ns": item.delta_tlr_as / 1e9,
-                    "delta_tls_ns": item.delta_tls_as / 1e9,
-                    "global_pointer": item.global_pointer,
-                    "kri": item.kri,
-                    "status": verdict.outcome.value,
                 }
-            )
-            + "\n"
+            )[:-1]
+            if len(self._record_prefix) > 65536:
+                self._record_prefix.clear()
+            self._record_prefix[key] = prefix
+        self._records.write(
+            f'{prefix}, "t": {time.time():.6f}, "psntp": {item.psntp}, "psnlr": {item.psnlr}, '
+            f'"delta_tlr_ns": {item.delta_tlr_as / 1e9}, "delta_tls_ns": {item.delta_tls_as / 1e9}, '
+            f'"global_pointer": {_json_num(item.global_pointer)}, "kri": {_json_num(item.kri)}, '
+            f'"status": "{verdict.outcome.value}"}}\n'
         )
 
     # -- control -----------------------------------------------------------------------------------
@@ -205,7 +242,7 @@ class Agent:
     def stats(self) -> dict[str, Any]:
         """Everything `pdmv2 stats` shows."""
         flows = []
-        for fs in self.proc.flow_stats.values():
+        for fs in list(self.proc.flow_stats.values()):  # copied in C: safe against the packet thread
             f = fs.flow
             summary = {
                 k: (
@@ -230,6 +267,9 @@ class Agent:
             "uptime_s": time.time() - self.started,
             "counters": dict(self.proc.counters),
             "internal_errors": dict(self.errors),
+            "packets_handled": self.handled,
+            "handling_us_mean": self.busy_ns / self.handled / 1000 if self.handled else None,
+            "handling_us_p50": statistics.median(list(self._recent)) / 1000 if self._recent else None,
             "flows_tracked": len(self.engine.flows),
             "global_pointer": {
                 "link_local": self.engine.global_pointer(AddrType.LINK_LOCAL),
@@ -240,10 +280,7 @@ class Agent:
         }
 
     def _serve_control(self, server: socket.socket) -> None:
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
+        conn, _ = server.accept()
         with conn:
             conn.settimeout(1.0)
             try:
@@ -251,7 +288,7 @@ class Agent:
                 if request == "stats":
                     reply: dict[str, Any] = self.stats()
                 elif request == "reload":
-                    self._reload = True
+                    os.kill(os.getpid(), signal.SIGHUP)
                     reply = {"ok": True}
                 else:
                     reply = {"error": f"unknown request {request[:40]!r}"}
@@ -283,22 +320,18 @@ class Agent:
         control.bind(str(self.paths.socket))
         os.chmod(self.paths.socket, 0o600)
         control.listen(8)
-        control.setblocking(False)
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
 
         def on_signal(signum: int, _frame: Any) -> None:
             if signum == signal.SIGHUP:
                 self._reload = True
-            else:
+            elif signum in (signal.SIGTERM, signal.SIGINT):
                 self._stop = True
-            try:
-                os.write(wake_w, b"x")
-            except OSError:
-                pass
+            if self._in_callback:
+                self._wakeup_pending = True  # raised by handle() once the packet has its verdict
+            elif self._in_run:
+                raise _Wakeup
+            # elsewhere (housekeeping, reload, start-up) the flags are read on the next turn
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, on_signal)
         if self.policy.records:
             self._records = open(self.paths.records, "a", buffering=1 << 20, encoding="utf-8")
         nfq: Any = None
@@ -306,27 +339,31 @@ class Agent:
             nfq = open_queue(self.queue_num, self.handle)
             if self.install_rules:
                 rules.install(self.queue_num, rules.mss_for(self.policy.mtu, self.policy.max_option_size))
-            nfq_sock = socket.socket(fileno=os.dup(nfq.get_fd()))
+            threading.Thread(target=self._control_loop, args=(control,), name="control", daemon=True).start()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+                signal.signal(sig, on_signal)
+            signal.setitimer(signal.ITIMER_REAL, 1.0, 1.0)
             log.info(
                 "agent up: queue %d, %d policy rules, keys %s", self.queue_num, len(self.policy.rules), self.engine.keys
             )
             if ready is not None:
                 ready()
             while not self._stop:
-                watched: list[Any] = [nfq_sock, control, wake_r]
-                readable, _, _ = select.select(watched, [], [], 1.0)
-                if nfq_sock in readable:
-                    nfq.run(block=False)
-                if control in readable:
-                    self._serve_control(control)
-                if wake_r in readable:
-                    os.read(wake_r, 64)
+                self._in_run = True
+                try:
+                    nfq.run()
+                except _Wakeup:
+                    pass
+                finally:
+                    self._in_run = False
                 if self._reload:
                     self._reload = False
                     self.reload()
                 self._housekeeping()
-            nfq_sock.close()
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+                signal.signal(sig, signal.SIG_IGN)
             if self.install_rules:
                 rules.remove()
             if nfq is not None:
@@ -336,18 +373,20 @@ class Agent:
             control.close()
             self.paths.socket.unlink(missing_ok=True)
             (self.paths.run_dir / PID_NAME).unlink(missing_ok=True)
-            os.close(wake_r)
-            os.close(wake_w)
         log.info("agent stopped: %s", dict(self.proc.counters))
         return 0
 
+    def _control_loop(self, control: socket.socket) -> None:
+        while True:
+            try:
+                self._serve_control(control)
+            except OSError:
+                return  # socket closed at shutdown
+
     def _housekeeping(self) -> None:
-        now = time.monotonic_ns()
-        if now - self._last_flush > 1_000_000_000:
-            self._last_flush = now
-            if self._records is not None:
-                self._records.flush()
-            self.engine.expire(now)
+        if self._records is not None:
+            self._records.flush()
+        self.engine.expire(time.monotonic_ns())
 
 
 def query(run_dir: Path, request: str = "stats", timeout: float = 3.0) -> dict[str, Any]:

@@ -35,6 +35,9 @@ def set_fail_open(fd: int, queue: int) -> None:
     header = struct.pack(
         "=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 0x5044, 0
     )
+    # The duplicate shares the file status flags: settimeout() makes it non-blocking, which would
+    # turn netfilterqueue's blocking recv loop into a busy loop; the flag is restored below.
+    was_blocking = os.get_blocking(fd)
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER, fileno=os.dup(fd))
     try:
         sock.settimeout(2.0)
@@ -51,6 +54,7 @@ def set_fail_open(fd: int, queue: int) -> None:
         raise ConfigError("nfqueue", "fail-open", "no answer from the kernel") from None
     finally:
         sock.close()
+        os.set_blocking(fd, was_blocking)
 
 
 def open_queue(queue: int, callback: Callable[[Any], None], max_len: int = 4096) -> Any:

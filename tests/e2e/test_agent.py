@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -24,7 +25,7 @@ def decode(topo: AgentTopo, pcap: Path, keys_of: str | None = "b") -> list:
 
 
 def consecutive(values: list[int]) -> bool:
-    return all((y - x) & 0xFFFF == 1 for x, y in zip(values, values[1:], strict=False))
+    return all((y - x) & 0xFFFF == 1 for x, y in itertools.pairwise(values))
 
 
 def wait_line(proc: subprocess.Popen[str], text: str, timeout: float = 10) -> None:
