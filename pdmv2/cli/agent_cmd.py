@@ -53,6 +53,14 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_stats)
 
+    r = sub.add_parser(
+        "reload",
+        help="make the running agent re-read its keys and policy",
+        description="Same as SIGHUP: keys and policy are re-read, flow state is kept.",
+    )
+    r.add_argument("--run", type=Path, default=DEFAULT_RUN, help=f"the agent's run directory (default {DEFAULT_RUN})")
+    r.set_defaults(func=_reload)
+
     d = sub.add_parser(
         "decode",
         help="read PDM/PDMv2 options from a capture file",
@@ -115,6 +123,14 @@ def _stats(args: argparse.Namespace) -> int:
                     f"{_ns(m['p95_ns']):>9} {_ns(m['max_ns']):>9}"
                 )
                 name = ""
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from ..agent.daemon import query
+
+    query(args.run, "reload")
+    print("reload requested")
     return 0
 
 

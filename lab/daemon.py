@@ -1,0 +1,450 @@
+"""The lab daemon (an edge): builds the topology with Mininet, runs every service, waits, tears down.
+
+``python -m lab serve`` runs it in the background (``lab up`` starts it and waits for "ready");
+SIGTERM makes it stop everything it started and remove every bridge, link and namespace (Mininet's
+own net.stop(), never ``mn -c``).  Progress and the final table go to the state file and the log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lab import state as labstate
+from lab.topology import Node, Topology
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PDMV2 = str(VENV_BIN / "pdmv2")
+PRIVATE_DIRS = ["/etc/pdmv2", "/run/pdmv2", "/var/lib/pdmv2", "/root/.ssh", "/root/.ansible", "/run/sshd"]
+REG_PORT = 4333
+
+
+class LabError(Exception):
+    """A step of the lab that failed, with what to look at."""
+
+
+class LabDaemon:
+    """One running lab."""
+
+    def __init__(self, topo: Topology, *, rotate_after: int = 32767) -> None:
+        self.topo = topo
+        self.rotate_after = rotate_after
+        self.net: Any = None
+        self.hosts: dict[str, Any] = {}
+        self.procs: dict[str, list[int]] = {}
+        self.state: dict[str, Any] = {
+            "topology": topo.name,
+            "daemon_pid": os.getpid(),
+            "ready": False,
+            "started": time.time(),
+            "steps": [],
+            "hosts": {},
+            "bridges": [],
+            "fingerprints": {},
+        }
+        self._stop = False
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def step(self, text: str) -> None:
+        """Record and print one step of the progress."""
+        elapsed = time.time() - self.state["started"]
+        self.state["steps"].append(f"[{elapsed:6.1f}s] {text}")
+        labstate.save(self.state)
+        print(f"[{elapsed:6.1f}s] {text}", flush=True)
+
+    def run(
+        self, host: str, *argv: str, input_text: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside a host (its network and mount namespaces) and wait."""
+        pid = self.hosts[host].pid
+        proc = subprocess.run(
+            ["mnexec", "-a", str(pid), *argv],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise LabError(
+                f"{host}: {shlex.join(argv)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-500:]}"
+            )
+        return proc
+
+    def spawn(self, host: str, name: str, *argv: str) -> int:
+        """Start a long-running process in a host; its output goes to LAB_DIR/logs/<host>-<name>.log."""
+        logdir = labstate.LAB_DIR / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        log = open(logdir / f"{host}-{name}.log", "ab")
+        pid = self.hosts[host].pid
+        proc = subprocess.Popen(
+            ["mnexec", "-a", str(pid), *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.setdefault(host, []).append(proc.pid)
+        self.state["hosts"][host]["procs"] = self.procs[host]
+        return proc.pid
+
+    def write(self, host: str, path: str, text: str, mode: str = "0600") -> None:
+        """Write a file inside a host's private directories."""
+        self.run(
+            host,
+            "sh",
+            "-c",
+            'umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"',
+            "write",
+            path,
+            mode,
+            input_text=text,
+        )
+
+    def wait_for(self, what: str, check: Any, timeout: float = 20.0) -> None:
+        """Poll until check() is true."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.05)
+        raise LabError(f"timed out waiting for {what}")
+
+    # -- build -------------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Mininet: hosts with private directories, Linux bridges, veth links; IPv6 only."""
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import Host
+        from mininet.nodelib import LinuxBridge
+
+        setLogLevel("warning")
+        net = Mininet(
+            topo=None, build=False, controller=None, autoSetMacs=False, autoStaticArp=False, waitConnected=False
+        )
+        self.net = net
+        switches = {}
+        for i, n in enumerate(self.topo.nodes, start=1):
+            if n.role == "switch":
+                switches[n.name] = net.addSwitch(f"pdm{n.name}", cls=LinuxBridge, dpid=f"{i:016x}", stp=False)
+            else:
+                self.hosts[n.name] = net.addHost(n.name, cls=Host, ip=None, privateDirs=PRIVATE_DIRS)
+        for link in self.topo.links:
+            ends = []
+            for node, ifname in (link.a, link.b):
+                if node in switches:
+                    ends.append((switches[node], f"pdm{node}-{ifname}"))
+                else:
+                    ends.append((self.hosts[node], ifname))
+            net.addLink(ends[0][0], ends[1][0], intfName1=ends[0][1], intfName2=ends[1][1])
+        net.build()
+        for sw in switches.values():
+            sw.start([])
+        self.state["bridges"] = [sw.name for sw in switches.values()]
+        for name, h in self.hosts.items():
+            self.state["hosts"][name] = {
+                "pid": h.pid,
+                "role": self.topo.node(name).role,
+                "addresses": [str(a.ip) for a in self.topo.node(name).addresses],
+                "netns_inode": os.stat(f"/proc/{h.pid}/ns/net").st_ino,
+                "procs": [],
+            }
+        labstate.save(self.state)
+        # The root namespace gets no lab address (not even link-local) and the bridges do not
+        # pass lab traffic through ip6tables.
+        for sw in switches.values():
+            for intf in [sw.name, *(i.name for i in sw.intfList() if i.name != "lo")]:
+                subprocess.run(
+                    ["sysctl", "-qw", f"net.ipv6.conf.{intf}.disable_ipv6=1"], check=False, capture_output=True
+                )
+            subprocess.run(
+                ["ip", "link", "set", "dev", sw.name, "type", "bridge", "nf_call_ip6tables", "0"],
+                check=False,
+                capture_output=True,
+            )
+
+    def configure(self, n: Node) -> None:
+        """IPv6 addresses (no DAD), routes, forwarding; no IPv4 anywhere."""
+        h = n.name
+        script = [
+            "set -e",
+            "ip link set lo up",
+            "sysctl -qw net.ipv6.conf.all.accept_dad=0",
+            "sysctl -qw net.ipv6.conf.default.accept_dad=0",
+            "sysctl -qw net.ipv6.conf.all.accept_ra=0",
+            "sysctl -qw net.ipv6.conf.default.accept_ra=0",
+        ]
+        for iface in n.interfaces:
+            script += [
+                f"ip -4 addr flush dev {iface.name}",
+                f"sysctl -qw net.ipv6.conf.{iface.name}.disable_ipv6=0",
+                f"sysctl -qw net.ipv6.conf.{iface.name}.accept_dad=0",
+                f"sysctl -qw net.ipv6.conf.{iface.name}.accept_ra=0",
+                f"ip link set {iface.name} up",
+            ]
+            script += [f"ip -6 addr add {a} dev {iface.name} nodad" for a in iface.addresses]
+        script += [f"ip -6 route add {r.to} via {r.via}" for r in n.routes]
+        if n.role == "router":
+            script.append("sysctl -qw net.ipv6.conf.all.forwarding=1")
+        self.run(h, "sh", "-c", "\n".join(script))
+
+    # -- services ----------------------------------------------------------------------------------
+
+    def start_sshd(self, h: str) -> str:
+        """sshd with its own host key; returns the host public key."""
+        self.run(h, "mkdir", "-p", "-m", "0700", "/etc/pdmv2/ssh")
+        self.run(h, "chmod", "0755", "/run/sshd")  # a fresh tmpfs is world-writable; sshd refuses that
+        self.run(h, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/etc/pdmv2/ssh/host_ed25519")
+        self.write(
+            h,
+            "/etc/pdmv2/ssh/sshd_config",
+            "\n".join(
+                [
+                    "Port 22",
+                    "ListenAddress ::",
+                    "HostKey /etc/pdmv2/ssh/host_ed25519",
+                    "PidFile /run/pdmv2/sshd.pid",
+                    "AuthorizedKeysFile /etc/pdmv2/ssh/authorized_keys",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PrintMotd no",
+                    "AcceptEnv LANG",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            ),
+            "0600",
+        )
+        self.spawn(h, "sshd", "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/pdmv2/ssh/sshd_config")
+        try:
+            self.wait_for(
+                f"sshd on {h}",
+                lambda: self.run(h, "sh", "-c", "ss -ltnH 'sport = :22' | grep -q LISTEN", check=False).returncode == 0,
+                timeout=10,
+            )
+        except LabError:
+            log = (labstate.LAB_DIR / "logs" / f"{h}-sshd.log").read_text()[-800:]
+            raise LabError(f"sshd did not start on {h}: {log}") from None
+        return self.run(h, "cat", "/etc/pdmv2/ssh/host_ed25519.pub").stdout.strip()
+
+    def start_agent(self, n: Node, encrypted: list[ipaddress.IPv6Network]) -> None:
+        """The agent with an empty key directory; the Ansible handler reloads it once keys arrive."""
+        rules = "\n".join(f"  - prefix: {p}\n    mode: pdmv2-encrypted" for p in encrypted)
+        policy = (
+            f"version: 1\ndefault: off\nrotate_after: {self.rotate_after}\nrules:\n"
+            f"  - prefix: fe80::/10\n    mode: pdmv2-clear\n{rules}\n"
+        )
+        self.write(n.name, "/etc/pdmv2/policy.yaml", policy, "0644")
+        self.run(n.name, "mkdir", "-p", "-m", "0700", "/etc/pdmv2/keys")
+        self.spawn(n.name, "agent", PDMV2, "agent", "--config", "/etc/pdmv2", "--run", "/run/pdmv2")
+
+    def agent_up(self, h: str) -> bool:
+        return self.run(h, PDMV2, "stats", "--json", "--run", "/run/pdmv2", check=False).returncode == 0
+
+    def registration(self) -> None:
+        """PS daemon, PC registers over the WAN, both write their secondaries' key files."""
+        for pc in self.topo.by_role("pc"):
+            ps = self.topo.by_role("ps")[0]
+            ps_fp = self.run(ps.name, PDMV2, "keygen", "--force", "--out", "/etc/pdmv2/ps.key").stdout.strip()
+            pc_fp = self.run(pc.name, PDMV2, "keygen", "--force", "--out", "/etc/pdmv2/pc.key").stdout.strip()
+            self.state["fingerprints"] = {"ps": ps_fp, "pc": pc_fp}
+            prefixes = self.topo.site_prefixes(pc.name)
+            allow = (
+                "clients:\n"
+                + f"  - name: {pc.name}\n    fingerprint: {pc_fp}\n    prefixes: ["
+                + ", ".join(f'"{p}"' for p in prefixes)
+                + "]\n"
+            )
+            self.write(ps.name, "/etc/pdmv2/allow.yaml", allow, "0644")
+            self.spawn(
+                ps.name,
+                "primary-server",
+                PDMV2,
+                "primary-server",
+                "--listen",
+                str(ps.address),
+                "--port",
+                str(REG_PORT),
+                "--key",
+                "/etc/pdmv2/ps.key",
+                "--allow",
+                "/etc/pdmv2/allow.yaml",
+                "--state",
+                "/var/lib/pdmv2/ps",
+            )
+            self.wait_for(
+                "the primary server",
+                lambda ps=ps: (
+                    self.run(
+                        ps.name, "sh", "-c", f"ss -ltnH 'sport = :{REG_PORT}' | grep -q LISTEN", check=False
+                    ).returncode
+                    == 0
+                ),
+            )
+            argv = [
+                PDMV2,
+                "register",
+                "--server",
+                str(ps.address),
+                "--port",
+                str(REG_PORT),
+                "--key",
+                "/etc/pdmv2/pc.key",
+                "--pin",
+                ps_fp,
+                "--state",
+                "/var/lib/pdmv2/pc",
+                "-q",
+            ]
+            for p in prefixes:
+                argv += ["--prefix", str(p)]
+            out = self.run(pc.name, *argv).stdout.strip()
+            self.step(f"registered {pc.name} with {ps.name}: {out}")
+            sargv = [
+                PDMV2,
+                "secrets",
+                "client",
+                "--registrations",
+                "/var/lib/pdmv2/pc/registrations.json",
+                "--out",
+                "/var/lib/pdmv2/pc/secondaries",
+            ]
+            for sc in self.topo.secondaries_of(pc.name):
+                sargv += ["--client", str(sc.address)]
+            self.run(pc.name, *sargv)
+            self.run(
+                ps.name,
+                PDMV2,
+                "secrets",
+                "server",
+                "--registrations",
+                f"/var/lib/pdmv2/ps/registrations/{pc.name}.json",
+                "--out",
+                "/var/lib/pdmv2/ps/secondaries/server.json",
+            )
+
+    def push_keys(self, host_keys: dict[str, str]) -> None:
+        """Each primary runs Ansible (ansible-runner) over SSH to its secondaries; the primaries in parallel."""
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for fut in [
+                pool.submit(self._push_from, p, host_keys) for p in self.topo.by_role("pc") + self.topo.by_role("ps")
+            ]:
+                fut.result()
+
+    def _push_from(self, primary: Node, host_keys: dict[str, str]) -> None:
+        secondaries = self.topo.secondaries_of(primary.name)
+        self.run(primary.name, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/root/.ssh/id_ed25519")
+        pub = self.run(primary.name, "cat", "/root/.ssh/id_ed25519.pub").stdout
+        known = "".join(f"{s.address} {host_keys[s.name]}\n" for s in secondaries)
+        self.write(primary.name, "/root/.ssh/known_hosts", known, "0600")
+        for s in secondaries:  # provisioning: the primary's key is trusted by its secondaries
+            self.write(s.name, "/etc/pdmv2/ssh/authorized_keys", pub, "0600")
+        side = "client" if primary.role == "pc" else "server"
+        out = self.run(
+            primary.name,
+            str(VENV_BIN / "python"),
+            "-m",
+            "lab.ansible_push",
+            side,
+            primary.name,
+            json.dumps([{"name": s.name, "address": str(s.address)} for s in secondaries]),
+            timeout=600,
+        )
+        self.step(f"{primary.name}: ansible pushed keys to {len(secondaries)} secondaries ({out.stdout.strip()})")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Everything up to 'ready'."""
+        self.step(f"building {self.topo.name}: {len(self.topo.hosts)} hosts, {len(self.topo.links)} links")
+        self.build()
+        for n in self.topo.hosts:
+            self.configure(n)
+        self.step("IPv6 configured (no IPv4, no DAD), routes and forwarding set")
+        host_keys = {n.name: self.start_sshd(n.name) for n in self.topo.hosts}
+        self.step(f"sshd running on {len(host_keys)} hosts")
+        for pc in self.topo.by_role("pc"):
+            for sc in self.topo.secondaries_of(pc.name):
+                self.start_agent(sc, self.topo.site_prefixes(self.topo.by_role("ps")[0].name))
+        for ps in self.topo.by_role("ps"):
+            for ss in self.topo.secondaries_of(ps.name):
+                self.start_agent(ss, self.topo.site_prefixes(self.topo.by_role("pc")[0].name))
+        agents = [n.name for n in self.topo.nodes if n.role in ("sc", "ss")]
+        self.wait_for("the agents", lambda: all(self.agent_up(a) for a in agents), timeout=60)
+        self.step(f"agents running on {len(agents)} secondaries (no keys yet)")
+        self.registration()
+        self.push_keys(host_keys)
+        self.wait_for(
+            "agents to load their keys",
+            lambda: all(
+                '"keys": null' not in self.run(a, PDMV2, "stats", "--json", "--run", "/run/pdmv2", check=False).stdout
+                for a in agents
+            ),
+            timeout=30,
+        )
+        self.state["ready"] = True
+        self.state["up_seconds"] = time.time() - self.state["started"]
+        self.step(f"ready in {self.state['up_seconds']:.1f} s")
+
+    def down(self) -> None:
+        """Stop every process we started, then Mininet removes hosts, links and bridges."""
+        for pids in self.procs.values():
+            for pid in pids:
+                try:
+                    os.killpg(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for pids in self.procs.values():
+            for pid in pids:
+                while labstate.alive(pid) and time.monotonic() < deadline:
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    time.sleep(0.05)
+                if labstate.alive(pid):
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        if self.net is not None:
+            self.net.stop()
+
+
+def serve(topo: Topology, rotate_after: int) -> int:
+    """Run the lab until SIGTERM."""
+    daemon = LabDaemon(topo, rotate_after=rotate_after)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    try:
+        daemon.up()
+        while not stop["now"]:
+            time.sleep(0.2)
+        daemon.step("stopping")
+        return 0
+    except Exception as exc:
+        daemon.state["error"] = f"{type(exc).__name__}: {exc}"
+        daemon.step(f"FAILED: {daemon.state['error']}")
+        return 1
+    finally:
+        daemon.down()
+        daemon.state["stopped"] = True
+        labstate.save(daemon.state)
