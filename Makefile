@@ -13,7 +13,12 @@ APT_PKGS   := python3-venv python3-dev gcc mininet iproute2 iptables tcpdump tsh
               libnetfilter-queue-dev openssh-server openssh-client iputils-ping curl
 PYTEST_ARGS ?=
 
-.PHONY: help deps test test-unit lint bench demo clean
+TOPO       ?= enterprise
+HOST       ?= sc1
+SECONDARIES ?=
+LAB        := $(PY) -m lab
+
+.PHONY: help deps test test-unit lint bench demo demo-core lab-up lab-down lab-status lab-shell clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,12 +49,28 @@ lint: deps ## ruff and mypy
 	$(BIN)/ruff format --check pdmv2 tests bench
 	$(BIN)/mypy
 
-bench: deps ## benchmarks: core micro-benchmark and registration on loopback (bench/*.json)
+bench: deps ## benchmarks: core, registration on loopback, agent in namespaces (bench/*.json, results.md)
 	$(PY) bench/core_bench.py --json bench/core.json
 	$(PY) bench/registration_bench.py --json bench/registration.json
+	$(PY) bench/agent_bench.py --out bench/results.json
 
-demo: deps ## walk through registration, key derivation and PDMv2 packets (no lab needed)
+demo: deps ## the teaching walkthrough on the default lab topology (up, traffic, observer, forgery, plot, down)
+	$(LAB) demo
+
+demo-core: deps ## the protocol walked through in one process, no lab
 	$(PY) -m pdmv2.demo
+
+lab-up: deps ## build and start the lab: make lab-up [TOPO=enterprise|minimal] [SECONDARIES=N]
+	$(LAB) up --topo $(TOPO) $(if $(SECONDARIES),--secondaries $(SECONDARIES))
+
+lab-down: ## remove everything the lab made (also after a crash)
+	@if [ -x $(PY) ]; then $(LAB) down; else echo "no .venv: nothing of a lab can be running"; fi
+
+lab-status: ## hosts, roles, addresses, agent status
+	@if [ -x $(PY) ]; then $(LAB) status; else echo "no lab is up"; fi
+
+lab-shell: ## a shell in a lab host: make lab-shell HOST=sc1
+	$(LAB) shell $(HOST)
 
 clean: ## remove the venv and caches (never touches the system)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -175,6 +175,16 @@ class LabDaemon:
                 check=False,
                 capture_output=True,
             )
+        # A segment with an observer floods every frame (ageing 0: a hub), so the observer sees the
+        # traffic between the routers as a tap on a WAN link would.
+        for link in self.topo.links:
+            for (node, _), (other, _) in ((link.a, link.b), (link.b, link.a)):
+                if node in switches and self.topo.node(other).role == "observer":
+                    subprocess.run(
+                        ["ip", "link", "set", "dev", switches[node].name, "type", "bridge", "ageing_time", "0"],
+                        check=False,
+                        capture_output=True,
+                    )
 
     def configure(self, n: Node) -> None:
         """IPv6 addresses (no DAD), routes, forwarding; no IPv4 anywhere."""

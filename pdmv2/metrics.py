@@ -111,7 +111,8 @@ class MetricsTracker:
             # Q itself echoed P (sent by this side): DELTATLS of rec spans P..Q at this side.
             if (from_client, q.psnlr) in memo.by_psntp and rec.delta_tls_as:
                 rtt = (rec.delta_tls_as - q.delta_tlr_as) / 1e9
-                out.append(Measurement(memo.client, Metric.RTT, rtt, rec.psntp))
+                if rtt >= 0:  # negative when packets did not alternate (DELTATLS spans another exchange)
+                    out.append(Measurement(memo.client, Metric.RTT, rtt, rec.psntp))
         memo.by_psntp[(from_client, rec.psntp)] = rec
         while len(memo.by_psntp) > self._window:
             memo.by_psntp.popitem(last=False)
