@@ -9,7 +9,7 @@ VENV       ?= .venv
 BIN        := $(VENV)/bin
 PY         := $(BIN)/python
 STAMP      := $(VENV)/.deps-installed
-APT_PKGS   := python3-venv python3-dev gcc mininet iproute2 iptables tcpdump tshark iperf3 \
+APT_PKGS   := python3-venv python3-dev gcc mininet bridge-utils net-tools iproute2 iptables tcpdump tshark iperf3 \
               libnetfilter-queue-dev openssh-server openssh-client iputils-ping curl
 PYTEST_ARGS ?=
 
