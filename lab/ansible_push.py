@@ -65,9 +65,11 @@ def main() -> int:
             envvars={
                 "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
                 "ANSIBLE_HOST_KEY_CHECKING": "True",
-                "ANSIBLE_PIPELINING": "True",
+                "ANSIBLE_TIMEOUT": "10",
+                "ANSIBLE_TASK_TIMEOUT": "60",
                 "ANSIBLE_FORKS": str(max(5, min(50, len(hosts)))),
                 "ANSIBLE_SSH_CONTROL_PATH_DIR": "/root/.ansible/cp",
+                "ANSIBLE_PIPELINING": "True",
                 "ANSIBLE_LOCAL_TEMP": f"{tmp}/local",
                 "ANSIBLE_REMOTE_TEMP": "/var/lib/pdmv2/ansible-tmp",
             },

@@ -91,6 +91,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     topo, path = load_topology(args.topo, args.secondaries)  # validated before anything starts
     current = _running()
     if current is not None:
+        if not current.get("ready"):
+            raise LabCliError("a lab is starting, or stuck while starting: `make lab-down`, then try again")
         print(f"a lab is already up (topology {current['topology']}); `make lab-down` first to start another")
         return cmd_status(args)
     leftovers = labstate.load()

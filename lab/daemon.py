@@ -29,6 +29,10 @@ PRIVATE_DIRS = ["/etc/pdmv2", "/run/pdmv2", "/var/lib/pdmv2", "/root/.ssh", "/ro
 REG_PORT = 4333
 
 
+class _Stop(Exception):
+    """SIGTERM/SIGINT: stop the lab."""
+
+
 class LabError(Exception):
     """A step of the lab that failed, with what to look at."""
 
@@ -441,13 +445,19 @@ class LabDaemon:
 def serve(topo: Topology, rotate_after: int) -> int:
     """Run the lab until SIGTERM."""
     daemon = LabDaemon(topo, rotate_after=rotate_after)
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+
+    def on_signal(*_: object) -> None:
+        raise _Stop  # also interrupts a step in progress (a hung command must not delay lab-down)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         daemon.up()
-        while not stop["now"]:
-            time.sleep(0.2)
+        while True:
+            time.sleep(0.5)
+    except _Stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         daemon.step("stopping")
         return 0
     except Exception as exc:

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     )
     st = labstate.load()
     started_here = not (st and labstate.alive(st.get("daemon_pid")) and not st.get("stopped"))
+    if not started_here and not (st or {}).get("ready"):
+        print("a lab is starting or stuck: `make lab-down` first", file=sys.stderr)
+        return 2
     if started_here:
         rc = cmd_up(argparse.Namespace(topo="enterprise", secondaries=None, rotate=32767, timeout=300))
         if rc:
@@ -106,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
             times.append(float(out or 0) * 1000)
             time.sleep(0.05)
         print(f"    curl: 20 requests, median {sorted(times)[10]:.1f} ms each (5 ms of it is the server waiting)")
+        procs.append(spawn("ss1", PY, "-m", "lab.servers", "udp-echo", "5353", "5"))
+        time.sleep(0.5)
+        udp = host_run("sc1", PY, "-m", "lab.servers", "udp-client", "2001:db8:2::21", "5353", "40", "20").stdout
+        print(f"    UDP request/response to a server that answers 5 ms after each request: {udp.strip()} of 40")
         time.sleep(0.3)
         cap.terminate()
         cap.wait(10)
@@ -146,15 +153,21 @@ def run(args: argparse.Namespace) -> int:
         for line in [*decoded[:6], "    ...", *decoded[-6:]]:
             print(f"    {line}")
         stats = json.loads(host_run("sc1", PDMV2, "stats", "--json", "--run", "/run/pdmv2").stdout)
-        http = [f for f in stats["flows"] if f["proto"] == 6 and f["dport"] == 8080 and f.get("server_delay")]
-        answers = sorted(f["server_delay"]["max_ns"] / 1e6 for f in http)  # GET -> response, per connection
-        kernel = sorted(f["server_delay"]["min_ns"] / 1e6 for f in http)  # SYN -> SYN-ACK, answered by the kernel
-        rtt = sorted(f["rtt"]["p50_ns"] / 1e6 for f in http if f.get("rtt"))
-        if answers:
+        udp_flows = [f for f in stats["flows"] if f["proto"] == 17 and f["dport"] == 5353 and f.get("server_delay")]
+        for f in udp_flows:
+            sd, rtt = f["server_delay"], f.get("rtt") or {}
             print(
-                f"    sc1's agent, {len(http)} HTTP connections: server delay of the answer to GET, median "
-                f"{answers[len(answers) // 2]:.2f} ms; of the kernel's SYN-ACK, median {kernel[len(kernel) // 2]:.2f} ms;"
-                f" round-trip delay median {rtt[len(rtt) // 2] if rtt else float('nan'):.2f} ms"
+                f"    sc1's agent, UDP to port 5353: server delay p50 {sd['p50_ns'] / 1e6:.2f} ms "
+                f"(min {sd['min_ns'] / 1e6:.2f}, max {sd['max_ns'] / 1e6:.2f}, {sd['count']} samples); "
+                f"round-trip delay p50 {rtt.get('p50_ns', 0) / 1e6:.2f} ms"
+            )
+        http = [f for f in stats["flows"] if f["proto"] == 6 and f["dport"] == 8080 and f.get("server_delay")]
+        if http:
+            answers = sorted(f["server_delay"]["max_ns"] / 1e6 for f in http)
+            print(
+                f"    HTTP over TCP, {len(http)} connections: the largest server delay per connection, median "
+                f"{answers[len(answers) // 2]:.2f} ms. RFC 8250 times the next packet the server sends, and "
+                "for TCP that is often the kernel's ACK or SYN-ACK rather than the answer."
             )
         say(
             7,

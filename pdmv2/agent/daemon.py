@@ -91,17 +91,14 @@ class _RateLimitedLog:
             self.suppressed[reason] += 1
 
 
-class _Wakeup(Exception):
-    """Raised by the signal handler to leave nfq.run() (never while a packet waits for its verdict)."""
-
-
 class Agent:
     """The daemon: rules, queue, processing, records, control socket.
 
-    The main thread blocks in netfilterqueue's own recv loop (a select()/poll() loop in Python
-    added about 100 µs of latency per packet here).  Signals — SIGTERM/SIGINT to stop, SIGHUP to
-    reload, a 1 s SIGALRM for housekeeping — interrupt it by raising _Wakeup, never in the middle
-    of a packet.  A second thread answers the control socket.
+    A packet thread blocks in netfilterqueue's own recv loop (a select()/poll() loop in Python cost
+    about 100 µs per packet here) and is never interrupted: Python runs signal handlers in the
+    main thread only, so no packet can be left without a verdict by a signal.  The main thread
+    handles SIGTERM/SIGINT (stop), SIGHUP (reload) and once a second the housekeeping; a third
+    thread answers the control socket.  One lock serialises packet handling with reloads and stats.
     """
 
     def __init__(self, paths: AgentPaths, *, queue: int = 7, install_rules: bool = True) -> None:
@@ -120,9 +117,8 @@ class Agent:
         self._record_prefix: dict[tuple[Any, ...], str] = {}
         self._reload = False
         self._stop = False
-        self._in_callback = False
-        self._in_run = False
-        self._wakeup_pending = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         self.busy_ns = 0
         self.handled = 0
         self._recent: deque[int] = deque(maxlen=4096)
@@ -135,20 +131,14 @@ class Agent:
     # -- packets ---------------------------------------------------------------------------------
 
     def handle(self, pkt: Any) -> None:
-        """netfilterqueue callback: always gives a verdict; raises only _Wakeup, after the verdict."""
-        self._in_callback = True
+        """netfilterqueue callback (packet thread): always gives a verdict, never raises."""
         t0 = time.perf_counter_ns()
-        try:
+        with self._lock:
             self._handle(pkt)
-        finally:
             spent = time.perf_counter_ns() - t0
             self.busy_ns += spent
             self.handled += 1
             self._recent.append(spent)
-            self._in_callback = False
-            if self._wakeup_pending:
-                self._wakeup_pending = False
-                raise _Wakeup
 
     def _handle(self, pkt: Any) -> None:
         try:
@@ -304,9 +294,10 @@ class Agent:
         except PdmError as exc:
             log.error("reload refused, keeping the running settings: %s", exc)
             return
-        self.policy = policy
-        self.proc.set_policy(policy)
-        self.engine.set_keys(keys)
+        with self._lock:
+            self.policy = policy
+            self.proc.set_policy(policy)
+            self.engine.set_keys(keys)
         log.info("reloaded policy (%d rules) and keys (%s)", len(policy.rules), keys)
 
     # -- main loop ---------------------------------------------------------------------------------
@@ -324,57 +315,59 @@ class Agent:
         def on_signal(signum: int, _frame: Any) -> None:
             if signum == signal.SIGHUP:
                 self._reload = True
-            elif signum in (signal.SIGTERM, signal.SIGINT):
+            else:
                 self._stop = True
-            if self._in_callback:
-                self._wakeup_pending = True  # raised by handle() once the packet has its verdict
-            elif self._in_run:
-                raise _Wakeup
-            # elsewhere (housekeeping, reload, start-up) the flags are read on the next turn
+            self._wake.set()
 
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, on_signal)
         if self.policy.records:
             self._records = open(self.paths.records, "a", buffering=1 << 20, encoding="utf-8")
         nfq: Any = None
         try:
             nfq = open_queue(self.queue_num, self.handle)
+            threading.Thread(target=self._packet_loop, args=(nfq,), name="packets", daemon=True).start()
             if self.install_rules:
                 rules.install(self.queue_num, rules.mss_for(self.policy.mtu, self.policy.max_option_size))
             threading.Thread(target=self._control_loop, args=(control,), name="control", daemon=True).start()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
-                signal.signal(sig, on_signal)
-            signal.setitimer(signal.ITIMER_REAL, 1.0, 1.0)
             log.info(
                 "agent up: queue %d, %d policy rules, keys %s", self.queue_num, len(self.policy.rules), self.engine.keys
             )
             if ready is not None:
                 ready()
             while not self._stop:
-                self._in_run = True
-                try:
-                    nfq.run()
-                except _Wakeup:
-                    pass
-                finally:
-                    self._in_run = False
+                self._wake.wait(1.0)
+                self._wake.clear()
                 if self._reload:
                     self._reload = False
                     self.reload()
                 self._housekeeping()
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0, 0)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
             if self.install_rules:
-                rules.remove()
-            if nfq is not None:
-                nfq.unbind()
-            if self._records is not None:
-                self._records.close()
+                rules.remove()  # no new packets; --queue-bypass covers the rest
+            time.sleep(0.05)  # let the packet thread give its last verdicts
+            with self._lock:
+                if self._records is not None:
+                    self._records.close()
+                    self._records = None
+            # No nfq.unbind(): the packet thread sits in recv() on the same socket and would take the
+            # kernel's answer to the unbind; closing the socket at exit unbinds the queue.
             control.close()
             self.paths.socket.unlink(missing_ok=True)
             (self.paths.run_dir / PID_NAME).unlink(missing_ok=True)
         log.info("agent stopped: %s", dict(self.proc.counters))
         return 0
+
+    def _packet_loop(self, nfq: Any) -> None:
+        while True:
+            try:
+                nfq.run()
+            except Exception as exc:
+                self.errors[type(exc).__name__] += 1
+                log.error("packet loop: %s: %s", type(exc).__name__, exc)
+                time.sleep(0.1)
 
     def _control_loop(self, control: socket.socket) -> None:
         while True:
@@ -384,9 +377,10 @@ class Agent:
                 return  # socket closed at shutdown
 
     def _housekeeping(self) -> None:
-        if self._records is not None:
-            self._records.flush()
-        self.engine.expire(time.monotonic_ns())
+        with self._lock:
+            if self._records is not None:
+                self._records.flush()
+            self.engine.expire(time.monotonic_ns())
 
 
 def query(run_dir: Path, request: str = "stats", timeout: float = 3.0) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -133,7 +134,7 @@ def test_observer_sees_only_ciphertext_and_sc2_cannot_open_sc1(up: dict, tmp_pat
     opened = [o for o in decode_capture(pcap, keys_of("ss1", tmp_path)).options if SC1 in (o.src, o.dst)]
     assert all(o.status == "opened" for o in opened)
     seq = [o.psntp for o in opened if o.src == SC1]
-    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seq, seq[1:], strict=False))
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seq))
     # SC2's secret, claiming SC1's address, opens nothing of SC1's.
     sc2 = parse_key_file(in_host("sc2", "cat", "/etc/pdmv2/keys/client.json").stdout)
     fake = tmp_path / "fake"

@@ -143,6 +143,8 @@ class AgentTopo:
             "tcpdump",
             "-i",
             dev,
+            "-B",
+            "16384",
             "-U",
             "-n",
             "--immediate-mode",
