@@ -45,9 +45,10 @@ test-unit: deps ## the tests that need neither root nor namespaces
 	$(PY) -m pytest tests -m "not e2e" $(PYTEST_ARGS)
 
 lint: deps ## ruff and mypy
-	$(BIN)/ruff check pdmv2 tests bench
-	$(BIN)/ruff format --check pdmv2 tests bench
+	$(BIN)/ruff check pdmv2 lab tests bench
+	$(BIN)/ruff format --check pdmv2 lab tests bench
 	$(BIN)/mypy
+	cd roles && ../$(BIN)/ansible-lint pdmv2_keys ../lab/playbooks/push_keys.yml
 
 bench: deps ## benchmarks: core, registration on loopback, agent in namespaces (bench/*.json, results.md)
 	$(PY) bench/core_bench.py --json bench/core.json
