@@ -23,11 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.netns import Host, Testbed
-from pdmv2 import DEFAULT_SUITE, client_secret
+from lab.netns import Host, Testbed, write_agent_config
 from pdmv2.agent.daemon import query
-from pdmv2.keyring import dump_client_key_file, dump_server_key_file
-from pdmv2.regstore import write_secret_file
 
 A, B = "2001:db8:1::10", "2001:db8:2::20"
 PY = sys.executable
@@ -52,28 +49,18 @@ def ping_rtt(a: Host, count: int, interval: str = "0.01") -> float:
     return statistics.median(times) * 1000  # µs
 
 
-def write_agent_config(root: Path, name: str, mode: str) -> Path:
-    conf = root / name
-    (conf / "keys").mkdir(parents=True, exist_ok=True)
-    (conf / "policy.yaml").write_text(
-        f"version: 1\ndefault: off\nrecords: true\nrules:\n  - prefix: 2001:db8::/32\n    mode: {mode}\n"
+def agent_config(root: Path, name: str, mode: str) -> Path:
+    policy = f"version: 1\ndefault: off\nrecords: true\nrules:\n  - prefix: 2001:db8::/32\n    mode: {mode}\n"
+    return write_agent_config(
+        root / name,
+        side="client" if name == "a" else "server",
+        policy=policy,
+        client_addr=A,
+        client_prefix="2001:db8:1::/64",
+        shared_secret=SHARED,
+        salt=SALT,
+        registration_id="bench",
     )
-    if name == "a":
-        cs = client_secret(DEFAULT_SUITE, shared_secret=SHARED, salt=SALT, client_addr=A)
-        text = dump_client_key_file(
-            DEFAULT_SUITE, client_addr=A, client_secret=cs, server_prefixes=[], registration_id="bench", expires=0
-        )
-    else:
-        text = dump_server_key_file(
-            DEFAULT_SUITE,
-            shared_secret=SHARED,
-            salt=SALT,
-            client_prefixes=["2001:db8:1::/64"],
-            registration_id="bench",
-            expires=0,
-        )
-    write_secret_file(conf / "keys" / f"{name}.json", text)
-    return conf
 
 
 def start_agent(tb: Testbed, host: Host, conf: Path, run: Path) -> subprocess.Popen[str]:
@@ -167,7 +154,7 @@ def run(seconds: float, pings: int) -> dict[str, Any]:
             say(key)
             root = Path(tmp) / key
             procs = [
-                start_agent(tb, h, write_agent_config(root, h.name.split("-")[-1], mode), root / f"run-{h.name}")
+                start_agent(tb, h, agent_config(root, h.name.split("-")[-1], mode), root / f"run-{h.name}")
                 for h in (a, b)
             ]
             flood = udp_flood(a, seconds)

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = ["Testbed", "Host", "require_root"]
 
@@ -143,3 +144,48 @@ class Testbed:
 def quote(args: Sequence[str]) -> str:
     """Shell-quoted command line, for messages."""
     return " ".join(shlex.quote(a) for a in args)
+
+
+def write_agent_config(
+    conf: Path,
+    *,
+    side: str,
+    policy: str,
+    client_addr: str,
+    client_prefix: str,
+    shared_secret: bytes,
+    salt: bytes,
+    registration_id: str,
+) -> Path:
+    """An agent's config directory for a test or benchmark: policy.yaml and one key file (0600).
+
+    ``side`` is "client" (client_secret for ``client_addr``) or "server" (SharedSecret + salt for
+    ``client_prefix``); keys made directly from a SharedSecret, without a registration.
+    """
+    from pdmv2 import DEFAULT_SUITE, client_secret
+    from pdmv2.keyring import dump_client_key_file, dump_server_key_file
+    from pdmv2.regstore import write_secret_file
+
+    (conf / "keys").mkdir(parents=True, exist_ok=True)
+    (conf / "policy.yaml").write_text(policy)
+    if side == "client":
+        cs = client_secret(DEFAULT_SUITE, shared_secret=shared_secret, salt=salt, client_addr=client_addr)
+        text = dump_client_key_file(
+            DEFAULT_SUITE,
+            client_addr=client_addr,
+            client_secret=cs,
+            server_prefixes=[],
+            registration_id=registration_id,
+            expires=0,
+        )
+    else:
+        text = dump_server_key_file(
+            DEFAULT_SUITE,
+            shared_secret=shared_secret,
+            salt=salt,
+            client_prefixes=[client_prefix],
+            registration_id=registration_id,
+            expires=0,
+        )
+    write_secret_file(conf / "keys" / f"{side}.json", text)
+    return conf

@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from lab.netns import Host, Testbed
-from pdmv2 import DEFAULT_SUITE, ConfigError, client_secret
+from lab.netns import Host, Testbed, write_agent_config
+from pdmv2 import ConfigError
 from pdmv2.agent.daemon import query
-from pdmv2.keyring import dump_client_key_file, dump_server_key_file
-from pdmv2.regstore import write_secret_file
 
 A, B = "2001:db8:1::10", "2001:db8:2::20"
 SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
@@ -64,24 +62,16 @@ class AgentTopo:
             raise
 
     def write_config(self, name: str, rotate: int) -> None:
-        conf = self.tmp / name / "config"
-        (conf / "keys").mkdir(parents=True, exist_ok=True)
-        (conf / "policy.yaml").write_text(POLICY.format(rotate=rotate))
-        if name == "a":
-            cs = client_secret(DEFAULT_SUITE, shared_secret=SHARED, salt=SALT, client_addr=A)
-            text = dump_client_key_file(
-                DEFAULT_SUITE, client_addr=A, client_secret=cs, server_prefixes=[], registration_id="e2e", expires=0
-            )
-        else:
-            text = dump_server_key_file(
-                DEFAULT_SUITE,
-                shared_secret=SHARED,
-                salt=SALT,
-                client_prefixes=["2001:db8:1::/64"],
-                registration_id="e2e",
-                expires=0,
-            )
-        write_secret_file(conf / "keys" / f"{name}.json", text)
+        write_agent_config(
+            self.tmp / name / "config",
+            side="client" if name == "a" else "server",
+            policy=POLICY.format(rotate=rotate),
+            client_addr=A,
+            client_prefix="2001:db8:1::/64",
+            shared_secret=SHARED,
+            salt=SALT,
+            registration_id="e2e",
+        )
 
     def host(self, name: str) -> Host:
         return {"a": self.a, "m": self.m, "b": self.b}[name]
