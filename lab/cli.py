@@ -110,7 +110,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     log.close()
     shown = 0
-    deadline = time.monotonic() + args.timeout
+    timeout = args.timeout or 120 + 8 * len(topo.hosts)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = labstate.load() or {}
         steps = st.get("steps", [])
@@ -126,7 +127,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         time.sleep(0.1)
     else:
         daemon.send_signal(signal.SIGTERM)
-        raise LabCliError(f"the lab was not ready within {args.timeout:.0f} s; see {labstate.LAB_DIR}/daemon.log")
+        raise LabCliError(f"the lab was not ready within {timeout:.0f} s; see {labstate.LAB_DIR}/daemon.log")
     print_table()
     print(
         f"lab {topo.name} up in {time.time() - t0:.1f} s. `make lab-shell HOST=sc1`, `make lab-status`, "
@@ -164,8 +165,9 @@ def cmd_status(_args: argparse.Namespace) -> int:
         left = labstate.load()
         print("no lab is up" + (" (an earlier lab left state behind: `make lab-down` cleans it)" if left else ""))
         return 0
+    ready = f"ready in {st['up_seconds']:.1f} s" if st.get("ready") else "NOT READY: starting, or stuck"
     print(
-        f"lab {st['topology']}: up {time.time() - st['started']:.0f} s (ready in {st.get('up_seconds', 0):.1f} s), "
+        f"lab {st['topology']}: up {time.time() - st['started']:.0f} s ({ready}), "
         f"registration PS key {st['fingerprints'].get('ps', '?')}"
     )
     print_table()
@@ -253,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--topo", default="enterprise", help="topology name in topologies/ or a path (default enterprise)")
     up.add_argument("--secondaries", type=int, help="clone to N secondaries per site (scale runs)")
     up.add_argument("--rotate", type=int, default=32767, help="agents rotate keys every N packets (default 32767)")
-    up.add_argument("--timeout", type=float, default=300, help="seconds to wait for ready (default 300)")
+    up.add_argument("--timeout", type=float, help="seconds to wait for ready (default 120 + 8 per host)")
     up.set_defaults(func=cmd_up)
     sv = sub.add_parser("serve", help="(internal) the lab daemon that `up` starts")
     sv.add_argument("--topo", required=True)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print("a lab is starting or stuck: `make lab-down` first", file=sys.stderr)
         return 2
     if started_here:
-        rc = cmd_up(argparse.Namespace(topo="enterprise", secondaries=None, rotate=32767, timeout=300))
+        rc = cmd_up(argparse.Namespace(topo="enterprise", secondaries=None, rotate=32767, timeout=None))
         if rc:
             return rc
     st = labstate.load() or {}
