@@ -187,7 +187,11 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(0.3)
         after = json.loads(host_run("ss1", PDMV2, "stats", "--json", "--run", "/run/pdmv2").stdout)["counters"]
         print(f"    ss1 auth failures: {before.get('ingress_auth_failed', 0)} -> {after.get('ingress_auth_failed', 0)}")
-        say(8, "A plot of the delays over time", "From sc1's per-packet records: server delay and RTT per packet.")
+        say(
+            8,
+            "A plot of the delays over time",
+            "From sc1's per-packet records: the UDP server's 5 ms shows as a line; TCP's kernel answers sit near 0.",
+        )
         plot = plot_delays(host_run("sc1", "cat", "/run/pdmv2/records.jsonl").stdout, OUT / "delays.png")
         print(f"    wrote {plot}")
     finally:
@@ -219,7 +223,7 @@ def plot_delays(records_text: str, path: Path) -> Path:
             r = json.loads(line)
         except ValueError:
             continue
-        if "psntp" not in r or r.get("proto") != 6:
+        if "psntp" not in r or r.get("proto") not in (6, 17):
             continue
         t0 = t0 or r["t"]
         flow = FiveTuple.from_text(r["src"], r["sport"], r["dst"], r["dport"], r["proto"])
@@ -233,7 +237,7 @@ def plot_delays(records_text: str, path: Path) -> Path:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=3, label=metric.value.replace("_", " "))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("ms")
-    ax.set_title("PDMv2 metrics seen by sc1's agent (TCP to ss1)")
+    ax.set_title("PDMv2 metrics seen by sc1's agent (UDP and TCP to ss1)")
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

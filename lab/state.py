@@ -36,6 +36,15 @@ def alive(pid: int | None) -> bool:
     """True if a process with that pid exists."""
     if not pid:
         return False
+    try:  # reap it if it is our own child (the demo starts the daemon itself), so a zombie is not "alive"
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+            return False
+    except OSError:
+        return False
     try:
         os.kill(pid, 0)
         return True
