@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.netns import Host, Testbed, write_agent_config
+from lab.netns import Host, Testbed, start_agent, write_agent_config
 from pdmv2.agent.daemon import query
 
 A, B = "2001:db8:1::10", "2001:db8:2::20"
@@ -61,31 +61,6 @@ def agent_config(root: Path, name: str, mode: str) -> Path:
         salt=SALT,
         registration_id="bench",
     )
-
-
-def start_agent(tb: Testbed, host: Host, conf: Path, run: Path) -> subprocess.Popen[str]:
-    proc = tb.spawn(
-        host,
-        PY,
-        "-m",
-        "pdmv2.cli.main",
-        "agent",
-        "--config",
-        str(conf),
-        "--run",
-        str(run),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if query(run, timeout=0.5).get("pid") == proc.pid:
-                return proc
-        except Exception:  # noqa: S110 - not up yet
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("agent did not start")
 
 
 def accept_rules(host: Host, chain: str, queue: int, add: bool) -> None:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Testbed", "Host", "require_root"]
 
@@ -189,3 +190,41 @@ def write_agent_config(
         )
     write_secret_file(conf / "keys" / f"{side}.json", text)
     return conf
+
+
+def start_agent(tb: Testbed, host: Host, conf: Path, run: Path, *extra: str, log: Any = None) -> subprocess.Popen[str]:
+    """Start `pdmv2 agent` in a namespace; returns once *this* process answers on its control socket.
+
+    (A crashed agent may have left its socket file and chains behind, so the pid is checked.)
+    """
+    import sys
+
+    from pdmv2.agent.daemon import query
+    from pdmv2.errors import ConfigError
+
+    out = log if log is not None else subprocess.DEVNULL
+    proc = tb.spawn(
+        host,
+        sys.executable,
+        "-m",
+        "pdmv2.cli.main",
+        "agent",
+        "--config",
+        str(conf),
+        "--run",
+        str(run),
+        *extra,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if query(run, timeout=0.5).get("pid") == proc.pid:
+                return proc
+        except ConfigError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent in {host.name} exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise TimeoutError(f"agent in {host.name} not ready within 15 s")

@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab.netns import Host, Testbed, write_agent_config
-from pdmv2 import ConfigError
-from pdmv2.agent.daemon import query
+from lab.netns import Host, Testbed, start_agent, write_agent_config
 
 A, B = "2001:db8:1::10", "2001:db8:2::20"
 SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
@@ -80,36 +78,15 @@ class AgentTopo:
         return self.tmp / name / "run"
 
     def start_agent(self, name: str, *extra: str) -> subprocess.Popen[str]:
-        host = self.host(name)
         log = open(self.tmp / f"agent-{name}.log", "a")
-        proc = self.tb.spawn(
-            host,
-            PY,
-            "-m",
-            "pdmv2.cli.main",
-            "agent",
-            "--config",
-            str(self.tmp / name / "config"),
-            "--run",
-            str(self.run_dir(name)),
-            *extra,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            # Ready when *this* process answers on the control socket (a crashed one may have left
-            # its socket file and its chains behind).
-            try:
-                if query(self.run_dir(name), timeout=0.5).get("pid") == proc.pid:
-                    self.agents[name] = proc
-                    return proc
-            except ConfigError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"agent {name} exited: " + (self.tmp / f"agent-{name}.log").read_text())
-            time.sleep(0.05)
-        raise TimeoutError(f"agent {name} not ready: " + (self.tmp / f"agent-{name}.log").read_text())
+        try:
+            proc = start_agent(
+                self.tb, self.host(name), self.tmp / name / "config", self.run_dir(name), *extra, log=log
+            )
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}: " + (self.tmp / f"agent-{name}.log").read_text()) from None
+        self.agents[name] = proc
+        return proc
 
     def stop_agent(self, name: str) -> int:
         proc = self.agents.pop(name)
