@@ -5,10 +5,9 @@ python bench/nfq_accept.py QUEUE     -> on SIGTERM prints "packets N"
 
 from __future__ import annotations
 
-import signal
 import sys
 
-from pdmv2.agent.nfq import open_queue
+from pdmv2.agent.nfq import serve_until_sigterm
 
 count = 0
 
@@ -19,13 +18,5 @@ def accept(pkt) -> None:  # type: ignore[no-untyped-def]
     pkt.accept()
 
 
-nfq = open_queue(int(sys.argv[1]), accept)
-signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-print("ready", flush=True)
-try:
-    nfq.run()
-except KeyboardInterrupt:
-    pass
-finally:
-    nfq.unbind()
+serve_until_sigterm(int(sys.argv[1]), accept)
 print(f"packets {count}", flush=True)

@@ -60,7 +60,8 @@ def load_topology(name: str, secondaries: int | None) -> tuple[Topology, Path]:
     return topo, path
 
 
-def _running() -> dict[str, Any] | None:
+def running_lab() -> dict[str, Any] | None:
+    """The state of a lab whose daemon is alive (ready or not), or None."""
     st = labstate.load()
     if st and not st.get("broken") and labstate.alive(st.get("daemon_pid")) and not st.get("stopped"):
         return st
@@ -69,7 +70,7 @@ def _running() -> dict[str, Any] | None:
 
 def host_pid(name: str) -> int:
     """The pid that holds a lab host's namespaces."""
-    st = _running()
+    st = running_lab()
     if st is None:
         raise LabCliError("no lab is up: make lab-up")
     host = st["hosts"].get(name)
@@ -89,7 +90,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _need_root()
     _need_mininet()
     topo, path = load_topology(args.topo, args.secondaries)  # validated before anything starts
-    current = _running()
+    current = running_lab()
     if current is not None:
         if not current.get("ready"):
             raise LabCliError("a lab is starting, or stuck while starting: `make lab-down`, then try again")
@@ -137,7 +138,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def print_table() -> None:
-    st = _running()
+    st = running_lab()
     if st is None:
         print("no lab is up")
         return
@@ -160,7 +161,7 @@ def print_table() -> None:
 
 
 def cmd_status(_args: argparse.Namespace) -> int:
-    st = _running()
+    st = running_lab()
     if st is None:
         left = labstate.load()
         print("no lab is up" + (" (an earlier lab left state behind: `make lab-down` cleans it)" if left else ""))

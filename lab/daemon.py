@@ -268,8 +268,21 @@ class LabDaemon:
         self.run(n.name, "mkdir", "-p", "-m", "0700", "/etc/pdmv2/keys")
         self.spawn(n.name, "agent", PDMV2, "agent", "--config", "/etc/pdmv2", "--run", "/run/pdmv2")
 
-    def agent_up(self, h: str) -> bool:
-        return self.run(h, PDMV2, "stats", "--json", "--run", "/run/pdmv2", check=False).returncode == 0
+    def agent_stats(self, h: str) -> dict[str, Any] | None:
+        """The agent's `pdmv2 stats --json`, or None while it does not answer."""
+        out = self.run(h, PDMV2, "stats", "--json", "--run", "/run/pdmv2", check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def wait_all(self, what: str, hosts: list[str], check: Any, timeout: float) -> None:
+        """Poll each host until check(host) is true; a host that passed is not asked again."""
+        pending = set(hosts)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            pending = {h for h in pending if not check(h)}
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            raise LabError(f"timed out waiting for {what} on {', '.join(sorted(pending))}")
 
     def registration(self) -> None:
         """PS daemon, PC registers over the WAN, both write their secondaries' key files."""
@@ -400,16 +413,14 @@ class LabDaemon:
             for ss in self.topo.secondaries_of(ps.name):
                 self.start_agent(ss, self.topo.site_prefixes(self.topo.by_role("pc")[0].name))
         agents = [n.name for n in self.topo.nodes if n.role in ("sc", "ss")]
-        self.wait_for("the agents", lambda: all(self.agent_up(a) for a in agents), timeout=60)
+        self.wait_all("the agents", agents, lambda h: self.agent_stats(h) is not None, timeout=60)
         self.step(f"agents running on {len(agents)} secondaries (no keys yet)")
         self.registration()
         self.push_keys(host_keys)
-        self.wait_for(
+        self.wait_all(
             "agents to load their keys",
-            lambda: all(
-                '"keys": null' not in self.run(a, PDMV2, "stats", "--json", "--run", "/run/pdmv2", check=False).stdout
-                for a in agents
-            ),
+            agents,
+            lambda h: (self.agent_stats(h) or {}).get("keys") is not None,
             timeout=30,
         )
         self.state["ready"] = True

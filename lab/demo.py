@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from lab import state as labstate
-from lab.cli import cmd_down, cmd_up, host_pid, host_run
+from lab.cli import cmd_down, cmd_up, host_pid, host_run, running_lab
 
 PDMV2 = str(Path(sys.executable).parent / "pdmv2")
 PY = sys.executable
@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
         "Bring the lab up (enterprise topology)",
         "Mininet hosts: a PC and 3 SCs, a PS and 3 SSs, two routers and an observer on the WAN; IPv6 only.",
     )
-    st = labstate.load()
-    started_here = not (st and labstate.alive(st.get("daemon_pid")) and not st.get("stopped"))
-    if not started_here and not (st or {}).get("ready"):
+    current = running_lab()
+    started_here = current is None
+    if current is not None and not current.get("ready"):
         print("a lab is starting or stuck: `make lab-down` first", file=sys.stderr)
         return 2
     if started_here:

@@ -8,7 +8,6 @@ create; nothing is ever routed through the root namespace.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import time
 import uuid
@@ -140,11 +139,6 @@ class Testbed:
                     pass
             _run(["ip", "netns", "delete", host.name], check=False)
         self.hosts.clear()
-
-
-def quote(args: Sequence[str]) -> str:
-    """Shell-quoted command line, for messages."""
-    return " ".join(shlex.quote(a) for a in args)
 
 
 def write_agent_config(

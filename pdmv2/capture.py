@@ -21,7 +21,7 @@ from .errors import AuthenticationError, ConfigError, DecodeError, ReplayError, 
 from .flow import PdmEngine, StaleKeyError
 from .keyring import EitherEndKeyring
 from .metrics import MetricsTracker, PacketRecord, summarize
-from .option import Pdmv2EncryptedOption, decode_option
+from .option import PdmOption, Pdmv2EncryptedOption, decode_option
 
 __all__ = ["DecodedOption", "DecodeResult", "decode_capture", "render", "ipv6_from_frame"]
 
@@ -155,8 +155,8 @@ def decode_capture(path: Path, keys_dir: Path | None) -> DecodeResult:
         except DecodeError:
             continue
         item.format = {10: "pdm", 0x12: "pdmv2-clear", 0x22: "pdmv2-encrypted"}[info.pdm_option[1]]
-        if not isinstance(opt, type(None)) and hasattr(opt, "random_number"):
-            item.random_number, item.f = opt.random_number, opt.f  # type: ignore[union-attr]
+        if not isinstance(opt, PdmOption):
+            item.random_number, item.f = opt.random_number, opt.f
         try:
             got = engine.incoming(f, info.pdm_option, int(ts * 1e9))
         except UnknownKeyError:

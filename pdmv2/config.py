@@ -33,8 +33,8 @@ def load_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "yaml"
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(source, where, str(problem)) from None
+        problem = getattr(exc, "problem", None)
+        raise ConfigError(source, where, f"not valid YAML: {problem}" if problem else "not valid YAML") from None
     except RecursionError:
         raise ConfigError(source, "yaml", "nested too deeply") from None
 

@@ -28,6 +28,7 @@ __all__ = [
     "parse_dest_opts",
     "parse_packet",
     "insert_option",
+    "reserve_option",
     "remove_option",
     "IPV6_HEADER_LEN",
 ]
@@ -214,14 +215,20 @@ def parse_packet(packet: bytes) -> PacketInfo:
     return PacketInfo(flow, nh, pos, icmp_type, dest_opts, pdm_off, pdm, refuse)
 
 
-def insert_option(packet: bytes, option: bytes, *, mtu: int | None = None, info: PacketInfo | None = None) -> bytes:
-    """The packet with ``option`` in its Destination Options header; InsertError says why not."""
+def reserve_option(
+    packet: bytes, size: int, *, mtu: int | None = None, info: PacketInfo | None = None
+) -> tuple[bytearray, int]:
+    """The packet grown by an option of ``size`` octets (Type/Length set, data zero) and its offset.
+
+    The caller writes the option in place once it knows it fits; InsertError says why it does not.
+    """
     if info is None:
         info = parse_packet(packet)
     if info.refuse is not None:
         raise InsertError(info.refuse)
     if info.pdm_offset is not None:
         raise InsertError("already has PDM")
+    placeholder = bytes((OptType.PDM, size - 2)) + bytes(size - 2)
     nh_off, pos = 6, IPV6_HEADER_LEN
     if packet[6] == NextHeader.HOPOPTS:
         nh_off, pos = pos, pos + (packet[pos + 1] + 1) * 8
@@ -231,21 +238,32 @@ def insert_option(packet: bytes, option: bytes, *, mtu: int | None = None, info:
         end = max((o.offset + 2 + len(o.data) for o in options), default=2)
         body = bytearray(packet[pos + 2 : pos + end])
         body += _pad_to(end, 2)
-        body += option
+        offset = pos + 2 + len(body)
+        body += placeholder
         body += _pad_to(2 + len(body), 8)
         header = bytes((packet[pos], (2 + len(body)) // 8 - 1)) + body
-        new = packet[:pos] + header + packet[pos + length :]
+        new = bytearray(packet[:pos]) + header + packet[pos + length :]
         added = len(header) - length
     else:
-        header = build_dest_opts(packet[nh_off], [option])
-        new = packet[:nh_off] + bytes((NextHeader.DSTOPTS,)) + packet[nh_off + 1 : pos] + header + packet[pos:]
+        header = build_dest_opts(packet[nh_off], [placeholder])
+        offset = pos + 2  # the first option of a new header: offset 2, already even
+        new = bytearray(packet[:nh_off]) + bytes((NextHeader.DSTOPTS,)) + packet[nh_off + 1 : pos] + header
+        new += packet[pos:]
         added = len(header)
     payload = len(packet) - IPV6_HEADER_LEN + added
     if payload > _MAX_PAYLOAD:
         raise InsertError("no room", f"payload would be {payload} octets")
     if mtu is not None and len(new) > mtu:
         raise InsertError("no room", f"{len(new)} octets would exceed the MTU of {mtu}")
-    return new[:4] + struct.pack(">H", payload) + new[6:]
+    new[4:6] = struct.pack(">H", payload)
+    return new, offset
+
+
+def insert_option(packet: bytes, option: bytes, *, mtu: int | None = None, info: PacketInfo | None = None) -> bytes:
+    """The packet with ``option`` in its Destination Options header; InsertError says why not."""
+    new, offset = reserve_option(packet, len(option), mtu=mtu, info=info)
+    new[offset : offset + len(option)] = option
+    return bytes(new)
 
 
 def remove_option(packet: bytes, info: PacketInfo | None = None) -> tuple[bytes, bytes | None]:

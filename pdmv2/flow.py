@@ -49,10 +49,8 @@ __all__ = [
     "Received",
     "FlowState",
     "PdmEngine",
-    "IPPROTO_ICMPV6",
 ]
 
-IPPROTO_ICMPV6 = 58
 _U16 = 0xFFFF
 # Per-packet path: pack and unpack with precompiled structs instead of building option objects;
 # option.py holds the same layouts for the public codec (tests check both agree).

@@ -10,11 +10,12 @@ packet P3 (PSNLR = PSNTP of P2) (RFC 8250 §3.3 and NOTES.md):
 The same holds with the roles swapped (the server measures a round trip from P4).  Only the
 first packet that echoes a given PSNTP is matched: later ones carry a DELTATLR that grows with
 the sender's own pacing, not its processing.  The client of a flow is the side that sent the
-first packet the tracker saw, unless the caller says otherwise.
+first packet the tracker saw.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
@@ -83,15 +84,6 @@ class MetricsTracker:
         rev = flow.reversed()
         return flow if (flow.src, flow.src_port) <= (rev.src, rev.src_port) else rev
 
-    def set_client(self, flow: FiveTuple) -> None:
-        """Declare ``flow.src`` the client of this flow."""
-        key = self._key(flow)
-        memo = self._flows.get(key)
-        if memo is None:
-            self._flows[key] = _FlowMemo(flow)
-        else:
-            memo.client = flow
-
     def feed(self, rec: PacketRecord) -> list[Measurement]:
         """Record one packet; return the measurements it completes."""
         key = self._key(rec.flow)
@@ -142,6 +134,6 @@ def summarize(values: list[float]) -> Summary | None:
     v = sorted(values)
 
     def rank(p: float) -> float:
-        return v[max(0, min(len(v) - 1, int(-(-p * len(v) // 1)) - 1))]
+        return v[max(0, math.ceil(p * len(v)) - 1)]
 
     return Summary(len(v), v[0], rank(0.50), rank(0.95), v[-1])

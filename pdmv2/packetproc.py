@@ -12,8 +12,8 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .doh import insert_option, parse_packet
-from .errors import AuthenticationError, DecodeError, EncodeError, InsertError, ReplayError, UnknownKeyError
+from .doh import parse_packet, reserve_option
+from .errors import CryptoError, DecodeError, EncodeError, InsertError, ReplayError, UnknownKeyError
 from .flow import Mode, PdmEngine, Received, Sent, StaleKeyError
 from .keys import FiveTuple
 from .metrics import Measurement, Metric, MetricsTracker, PacketRecord, Summary, summarize
@@ -40,6 +40,9 @@ class Outcome(StrEnum):
     REPLAY = "replay"
     STALE_KEY = "stale_key"
     BAD_OPTION = "bad_option"
+
+
+_CRYPTO_OUTCOME: dict[type, Outcome] = {ReplayError: Outcome.REPLAY, StaleKeyError: Outcome.STALE_KEY}
 
 
 @dataclass(slots=True)
@@ -100,42 +103,28 @@ class PacketProcessor:
             info = parse_packet(packet)
         except DecodeError as exc:
             return self._v("egress", Verdict(Outcome.MALFORMED, detail=str(exc)))
-        if info.upper_proto == 58 and info.icmp_type not in ICMPV6_ECHO:
-            return self._v("egress", Verdict(Outcome.NOT_MEASURED))
-        if info.upper_proto not in (6, 17, 58):
-            return self._v("egress", Verdict(Outcome.NOT_MEASURED))
+        if info.refuse is None and (
+            info.upper_proto not in (6, 17, 58) or (info.upper_proto == 58 and info.icmp_type not in ICMPV6_ECHO)
+        ):
+            return self._v("egress", Verdict(Outcome.NOT_MEASURED))  # (packets it cannot carry: REFUSED below)
         mode = self.policy.mode_for(info.flow.dst)
         if mode is Mode.OFF:
             return self._v("egress", Verdict(Outcome.OFF))
-        if info.refuse is not None:
-            return self._v("egress", Verdict(Outcome.REFUSED, detail=info.refuse))
-        if info.pdm_offset is not None:
-            return self._v("egress", Verdict(Outcome.REFUSED, detail="already has PDM"))
-        # Room check before the engine runs, so a packet that goes out bare consumes no sequence number.
-        if len(packet) + mode.option_size + 8 > self.policy.mtu and not self._fits(packet, mode):
-            return self._v("egress", Verdict(Outcome.TOO_BIG, detail=f"{len(packet)} octets"))
+        # Make room first, so a packet that has to go out bare consumes no sequence number.
+        try:
+            new, offset = reserve_option(packet, mode.option_size, mtu=self.policy.mtu, info=info)
+        except InsertError as exc:
+            outcome = Outcome.TOO_BIG if exc.reason == "no room" else Outcome.REFUSED
+            return self._v("egress", Verdict(outcome, detail=str(exc)))
         try:
             sent = self.engine.outgoing(info.flow, mode, now_ns)
         except UnknownKeyError as exc:
             return self._v("egress", Verdict(Outcome.NO_KEY, detail=str(exc)))
         except EncodeError as exc:
             return self._v("egress", Verdict(Outcome.MALFORMED, detail=str(exc)))
-        try:
-            new = insert_option(packet, sent.option, mtu=self.policy.mtu, info=info)
-        except InsertError as exc:  # pragma: no cover - the checks above make this unreachable
-            return self._v("egress", Verdict(Outcome.TOO_BIG, detail=str(exc)))
+        new[offset : offset + len(sent.option)] = sent.option
         self._record(PacketRecord(sent.flow, sent.psntp, sent.psnlr, sent.delta_tlr_as, sent.delta_tls_as))
-        return self._v("egress", Verdict(Outcome.INSERTED, new, sent=sent))
-
-    def _fits(self, packet: bytes, mode: Mode) -> bool:
-        # Exact size: merging into an existing header may need less than a whole new one.
-        try:
-            insert_option(
-                packet, bytes((0x0F, mode.option_size - 2)) + bytes(mode.option_size - 2), mtu=self.policy.mtu
-            )
-            return True
-        except (InsertError, DecodeError):
-            return False
+        return self._v("egress", Verdict(Outcome.INSERTED, bytes(new), sent=sent))
 
     def ingress(self, packet: bytes, now_ns: int) -> Verdict:
         """Read the option of an arriving packet; the packet is delivered unless policy drops forgeries."""
@@ -151,18 +140,9 @@ class PacketProcessor:
             return self._v("ingress", Verdict(Outcome.BAD_OPTION, detail=str(exc)))
         except UnknownKeyError as exc:
             return self._v("ingress", Verdict(Outcome.NO_KEY, detail=str(exc)))
-        except ReplayError as exc:
-            return self._v(
-                "ingress", Verdict(Outcome.REPLAY, drop=self.policy.on_auth_failure == "drop", detail=str(exc))
-            )
-        except StaleKeyError as exc:
-            return self._v(
-                "ingress", Verdict(Outcome.STALE_KEY, drop=self.policy.on_auth_failure == "drop", detail=str(exc))
-            )
-        except AuthenticationError as exc:
-            return self._v(
-                "ingress", Verdict(Outcome.AUTH_FAILED, drop=self.policy.on_auth_failure == "drop", detail=str(exc))
-            )
+        except CryptoError as exc:  # a forgery, a replay or a stale key: the option is not to be trusted
+            outcome = _CRYPTO_OUTCOME.get(type(exc), Outcome.AUTH_FAILED)
+            return self._v("ingress", Verdict(outcome, drop=self.policy.on_auth_failure == "drop", detail=str(exc)))
         self._record(PacketRecord(got.flow, got.psntp, got.psnlr, got.delta_tlr_as, got.delta_tls_as))
         return self._v("ingress", Verdict(Outcome.READ, received=got))
 

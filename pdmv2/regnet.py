@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import DecodeError, EncodeError, PdmError, RegistrationError
 from .keys import KemId
@@ -37,6 +38,7 @@ from .regstore import store_registration
 __all__ = ["PrimaryServer", "ServerConfig", "register", "read_message", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 4333
+M = TypeVar("M", SetupRequest, SetupResponse, KemRequest, KemResponse)
 log = logging.getLogger("pdmv2.registration")
 
 
@@ -76,11 +78,14 @@ class PeerRefused(RegistrationError):
     """The peer sent an ERROR message: not answered with another one."""
 
 
-def _expect(msg: Message, kind: type) -> None:
+async def _receive(reader: asyncio.StreamReader, kind: type[M], timeout: float) -> M:
+    """The next message, which must be a ``kind``; an ERROR from the peer raises PeerRefused."""
+    msg = await read_message(reader, timeout)
     if isinstance(msg, ErrorMessage):
         raise PeerRefused(msg.code, f"peer refused: {msg.reason}")
     if not isinstance(msg, kind):
         raise RegistrationError(ErrorCode.UNEXPECTED_MESSAGE, f"expected {kind.__name__}, got {type(msg).__name__}")
+    return msg
 
 
 def _safe_name(text: str) -> str:
@@ -151,15 +156,11 @@ class PrimaryServer:
         self._active += 1
         hs = ServerHandshake(identities=cfg.identities, allow=cfg.allow, lifetime=cfg.lifetime, random_bytes=self._rand)
         try:
-            msg = await read_message(reader, cfg.timeout)
-            _expect(msg, SetupRequest)
-            assert isinstance(msg, SetupRequest)
-            await _send(writer, hs.on_setup_request(msg), cfg.timeout)
-            msg = await read_message(reader, cfg.timeout)
-            _expect(msg, KemRequest)
-            assert isinstance(msg, KemRequest)
+            setup = await _receive(reader, SetupRequest, cfg.timeout)
+            await _send(writer, hs.on_setup_request(setup), cfg.timeout)
+            kem = await _receive(reader, KemRequest, cfg.timeout)
             now = int(time.time())
-            response, reg = hs.on_kem_request(msg, now=now)
+            response, reg = hs.on_kem_request(kem, now=now)
             assert hs.client is not None
             path = cfg.state_dir / "registrations" / f"{_safe_name(hs.client.name)}.json"
             async with self._lock:  # one writer per file at a time
@@ -213,25 +214,22 @@ async def register(
     try:
         say("-> SETUP request (suites offered, client prefixes, PC key)")
         await _send(writer, handshake.start(), timeout)
-        msg = await read_message(reader, timeout)
-        _expect(msg, SetupResponse)
-        assert isinstance(msg, SetupResponse)
+        setup = await _receive(reader, SetupResponse, timeout)
         try:
-            kem_request = handshake.on_setup_response(msg)
+            kem_request = handshake.on_setup_response(setup)
         except RegistrationError as exc:
             try:
                 await _send(writer, ErrorMessage(exc.code, exc.reason), 1.0)
             except RegistrationError:
                 pass  # the refusal stands even if the PS is gone
             raise
-        say(f"<- SETUP response: suite kem=0x{msg.kem:04x} kdf=0x{msg.kdf:04x} aead=0x{msg.aead:04x}, PS key pinned OK")
+        suite = f"kem=0x{setup.kem:04x} kdf=0x{setup.kdf:04x} aead=0x{setup.aead:04x}"
+        say(f"<- SETUP response: suite {suite}, PS key pinned OK")
         say("-> KEM request (HPKE Auth enc, salt, PC confirmation)")
         await _send(writer, kem_request, timeout)
-        msg = await read_message(reader, timeout)
-        _expect(msg, KemResponse)
-        assert isinstance(msg, KemResponse)
-        reg = handshake.on_kem_response(msg, now=int(time.time()))
-        say(f"<- KEM response: registration {reg.registration_id}, lifetime {msg.lifetime} s, PS confirmation OK")
+        answer = await _receive(reader, KemResponse, timeout)
+        reg = handshake.on_kem_response(answer, now=int(time.time()))
+        say(f"<- KEM response: registration {reg.registration_id}, lifetime {answer.lifetime} s, PS confirmation OK")
         return reg
     finally:
         writer.close()

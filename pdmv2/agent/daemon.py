@@ -32,7 +32,7 @@ from .nfq import open_queue
 __all__ = ["Agent", "AgentPaths", "load_keys", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME"]
 
 log = logging.getLogger("pdmv2.agent")
-NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT = 1, 3
+NF_INET_LOCAL_OUT = 3  # netfilter hook number; anything else queued is LOCAL_IN
 RECORDS_NAME, SOCKET_NAME, PID_NAME = "records.jsonl", "agent.sock", "agent.pid"
 _LOG_EVERY_NS = 1_000_000_000
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["open_queue", "set_fail_open"]
+__all__ = ["open_queue", "serve_until_sigterm", "set_fail_open"]
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -70,3 +70,18 @@ def open_queue(queue: int, callback: Callable[[Any], None], max_len: int = 4096)
         raise ConfigError("nfqueue", f"queue {queue}", f"cannot bind ({exc.strerror or exc}); root needed") from None
     set_fail_open(nfq.get_fd(), queue)
     return nfq
+
+
+def serve_until_sigterm(queue: int, callback: Callable[[Any], None]) -> None:
+    """Bind ``queue``, print "ready", hand packets to ``callback`` until SIGTERM (small tools and tests).
+
+    Like the agent, packets are handled in their own thread, which no signal interrupts.
+    """
+    import signal
+    import threading
+
+    nfq = open_queue(queue, callback)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited by the thread started below
+    threading.Thread(target=nfq.run, name="packets", daemon=True).start()
+    print("ready", flush=True)
+    signal.sigwait({signal.SIGTERM})

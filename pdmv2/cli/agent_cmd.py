@@ -16,6 +16,12 @@ DEFAULT_CONFIG = Path("/etc/pdmv2")
 DEFAULT_RUN = Path("/run/pdmv2")
 
 
+def _run_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run", type=Path, default=DEFAULT_RUN, help=f"the agent's run directory (default {DEFAULT_RUN})"
+    )
+
+
 def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add agent, stats and decode."""
     a = sub.add_parser(
@@ -49,7 +55,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         description="Per-flow round-trip and server delay (count, min, p50, p95, max) and the "
         "agent's counters, from its control socket.",
     )
-    s.add_argument("--run", type=Path, default=DEFAULT_RUN, help=f"the agent's run directory (default {DEFAULT_RUN})")
+    _run_dir_argument(s)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_stats)
 
@@ -58,7 +64,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="make the running agent re-read its keys and policy",
         description="Same as SIGHUP: keys and policy are re-read, flow state is kept.",
     )
-    r.add_argument("--run", type=Path, default=DEFAULT_RUN, help=f"the agent's run directory (default {DEFAULT_RUN})")
+    _run_dir_argument(r)
     r.set_defaults(func=_reload)
 
     d = sub.add_parser(

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from ..errors import PdmError
 from . import option_cmd
 
-EXIT_USAGE = 2
 EXIT_ERROR = 2
 EXIT_INTERNAL = 70
 

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import load_yaml
 from ..errors import ConfigError
 from ..keyring import dump_client_key_file, dump_server_key_file
 from ..keys import AeadId, KdfId, KemId, client_secret
@@ -176,13 +175,7 @@ def _primary_server(args: argparse.Namespace) -> int:
     identities = _load_identities(args.key)
 
     def load_allow() -> Any:
-        try:
-            doc = yaml.safe_load(read_text(args.allow, "allow"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark else "yaml"
-            raise ConfigError(str(args.allow), where, "not valid YAML") from None
-        return parse_allow_list(doc, str(args.allow))
+        return parse_allow_list(load_yaml(read_text(args.allow, "allow"), str(args.allow)), str(args.allow))
 
     config = ServerConfig(
         identities, load_allow(), args.state, args.lifetime, args.overlap, args.timeout, args.max_clients

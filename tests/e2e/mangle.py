@@ -9,11 +9,9 @@ Stops on SIGTERM.  Prints one line per packet it changed, for the test to count.
 
 from __future__ import annotations
 
-import signal
 import sys
 
-from netfilterqueue import NetfilterQueue
-
+from pdmv2.agent.nfq import serve_until_sigterm
 from pdmv2.doh import parse_packet
 
 queue, mode = int(sys.argv[1]), sys.argv[2]
@@ -48,13 +46,4 @@ def handle(pkt) -> None:  # type: ignore[no-untyped-def]
     pkt.accept()
 
 
-nfq = NetfilterQueue()
-nfq.bind(queue, handle)
-signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-print("ready", flush=True)
-try:
-    nfq.run()
-except KeyboardInterrupt:
-    pass
-finally:
-    nfq.unbind()
+serve_until_sigterm(queue, handle)

@@ -151,34 +151,17 @@ def test_register_and_secrets_end_to_end(tmp_path: Path) -> None:
 
 
 def test_clear_errors_for_missing_and_broken_files(tmp_path: Path) -> None:
-    missing = pdmv2(
-        "primary-server", "--key", str(tmp_path / "nope.key"), "--allow", "x", "--state", str(tmp_path), check=False
-    )
+    def serve(key: Path, allow: str) -> subprocess.CompletedProcess[str]:
+        return pdmv2("primary-server", "--key", str(key), "--allow", allow, "--state", str(tmp_path), check=False)
+
+    missing = serve(tmp_path / "nope.key", "x")
     assert missing.returncode == 2 and "file not found" in missing.stderr
     pdmv2("keygen", "--out", str(tmp_path / "ps.key"))
     (tmp_path / "allow.yaml").write_text("clients: [unclosed\n")
-    broken = pdmv2(
-        "primary-server",
-        "--key",
-        str(tmp_path / "ps.key"),
-        "--allow",
-        str(tmp_path / "allow.yaml"),
-        "--state",
-        str(tmp_path),
-        check=False,
-    )
+    broken = serve(tmp_path / "ps.key", str(tmp_path / "allow.yaml"))
     assert broken.returncode == 2 and "line" in broken.stderr and "YAML" in broken.stderr
     (tmp_path / "allow.yaml").write_text("clients:\n  - name: a\n    fingerprint: nope\n")
-    wrong = pdmv2(
-        "primary-server",
-        "--key",
-        str(tmp_path / "ps.key"),
-        "--allow",
-        str(tmp_path / "allow.yaml"),
-        "--state",
-        str(tmp_path),
-        check=False,
-    )
+    wrong = serve(tmp_path / "ps.key", str(tmp_path / "allow.yaml"))
     assert wrong.returncode == 2 and "clients[0].fingerprint" in wrong.stderr
     nokey = pdmv2(
         "register",
