@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pdmv2 import DEFAULT_SUITE, FiveTuple, Mode, PdmEngine, Suite, client_secret, session_key
-from pdmv2.crypto import OptionCipher
-from pdmv2.keyring import ClientKeyring, ServerKeyring
+from pdmv2.core.crypto import OptionCipher
+from pdmv2.core.keyring import ClientKeyring, ServerKeyring
 
 TARGETS_US = {"encode_seal_us": 4.0, "open_decode_us": 4.0, "new_flow_keys_us": 30.0}
 ROUNDS = 7

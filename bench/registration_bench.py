@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pdmv2.keys import KemId
-from pdmv2.registration import AllowEntry, AllowList, ClientHandshake, Identity
+from pdmv2.core.keys import KemId
+from pdmv2.core.registration import AllowEntry, AllowList, ClientHandshake, Identity
 from pdmv2.regnet import PrimaryServer, ServerConfig, register
 
 

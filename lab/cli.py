@@ -17,7 +17,7 @@ from typing import Any
 
 from lab import state as labstate
 from lab.topology import Topology, parse_topology, scaled
-from pdmv2.errors import ConfigError
+from pdmv2.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 TOPO_DIR = REPO / "topologies"

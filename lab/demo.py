@@ -212,8 +212,8 @@ def plot_delays(records_text: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pdmv2.keys import FiveTuple
-    from pdmv2.metrics import Metric, MetricsTracker, PacketRecord
+    from pdmv2.core.keys import FiveTuple
+    from pdmv2.core.metrics import Metric, MetricsTracker, PacketRecord
 
     tracker = MetricsTracker()
     series: dict[Metric, list[tuple[float, float]]] = {Metric.SERVER_DELAY: [], Metric.RTT: []}

@@ -158,7 +158,7 @@ def write_agent_config(
     ``client_prefix``); keys made directly from a SharedSecret, without a registration.
     """
     from pdmv2 import DEFAULT_SUITE, client_secret
-    from pdmv2.keyring import dump_client_key_file, dump_server_key_file
+    from pdmv2.core.keyring import dump_client_key_file, dump_server_key_file
     from pdmv2.regstore import write_secret_file
 
     (conf / "keys").mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,7 @@ def start_agent(tb: Testbed, host: Host, conf: Path, run: Path, *extra: str, log
     import sys
 
     from pdmv2.agent.daemon import query
-    from pdmv2.errors import ConfigError
+    from pdmv2.core.errors import ConfigError
 
     out = log if log is not None else subprocess.DEVNULL
     proc = tb.spawn(

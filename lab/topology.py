@@ -12,8 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdmv2.config import line_of, load_yaml
-from pdmv2.errors import ConfigError
+from pdmv2.core.config import line_of, load_yaml
+from pdmv2.core.errors import ConfigError
 
 __all__ = ["Topology", "Node", "Interface", "Route", "Link", "parse_topology", "ROLES", "HOST_ROLES", "scaled"]
 

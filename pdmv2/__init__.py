@@ -5,9 +5,9 @@ key schedule, AEAD, per-flow engine and metrics.  Nothing here opens a socket, r
 or starts a process; the agent, the registration server and the CLI are the edges.
 """
 
-from .crypto import OptionCipher, open_option, seal_option
-from .doh import PacketInfo, build_dest_opts, insert_option, parse_dest_opts, parse_packet, remove_option
-from .errors import (
+from .core.crypto import OptionCipher, open_option, seal_option
+from .core.doh import PacketInfo, build_dest_opts, insert_option, parse_dest_opts, parse_packet, remove_option
+from .core.errors import (
     AuthenticationError,
     ConfigError,
     CryptoError,
@@ -19,9 +19,9 @@ from .errors import (
     ReplayError,
     UnknownKeyError,
 )
-from .flow import AddrType, Mode, PdmEngine, Received, Sent, StaleKeyError, address_type
-from .keys import DEFAULT_SUITE, AeadId, FiveTuple, KdfId, KemId, SessionKey, Suite, client_secret, session_key
-from .option import (
+from .core.flow import AddrType, Mode, PdmEngine, Received, Sent, StaleKeyError, address_type
+from .core.keys import DEFAULT_SUITE, AeadId, FiveTuple, KdfId, KemId, SessionKey, Suite, client_secret, session_key
+from .core.option import (
     OPTION_TYPE_PDM,
     AnyPdmOption,
     OptionLength,
@@ -32,8 +32,8 @@ from .option import (
     decode_option,
     encode_option,
 )
-from .prseq import Prseq
-from .timing import decode_delta, encode_delta
+from .core.prseq import Prseq
+from .core.timing import decode_delta, encode_delta
 
 __version__ = "0.1.0"
 

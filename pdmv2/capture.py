@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .agent.daemon import load_keys
-from .doh import parse_packet
-from .errors import AuthenticationError, ConfigError, DecodeError, ReplayError, UnknownKeyError
-from .flow import PdmEngine, StaleKeyError
-from .keyring import EitherEndKeyring
-from .metrics import MetricsTracker, PacketRecord, summarize
-from .option import PdmOption, Pdmv2EncryptedOption, decode_option
+from .core.doh import parse_packet
+from .core.errors import AuthenticationError, ConfigError, DecodeError, ReplayError, UnknownKeyError
+from .core.flow import PdmEngine, StaleKeyError
+from .core.keyring import EitherEndKeyring
+from .core.metrics import MetricsTracker, PacketRecord, summarize
+from .core.option import PdmOption, Pdmv2EncryptedOption, decode_option
+from .keyfiles import load_keys
 
 __all__ = ["DecodedOption", "DecodeResult", "decode_capture", "render", "ipv6_from_frame"]
 

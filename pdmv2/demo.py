@@ -16,14 +16,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .doh import insert_option, parse_packet
-from .errors import AuthenticationError
-from .flow import AddrType, Mode, PdmEngine
-from .keyring import dump_client_key_file, dump_server_key_file, parse_key_file
-from .keys import FiveTuple, KemId, client_secret
-from .metrics import MetricsTracker, PacketRecord
-from .option import decode_option
-from .registration import AllowEntry, AllowList, ClientHandshake, Identity
+from .core.doh import insert_option, parse_packet
+from .core.errors import AuthenticationError
+from .core.flow import AddrType, Mode, PdmEngine
+from .core.keyring import dump_client_key_file, dump_server_key_file, parse_key_file
+from .core.keys import FiveTuple, KemId, client_secret
+from .core.metrics import MetricsTracker, PacketRecord
+from .core.option import decode_option
+from .core.registration import AllowEntry, AllowList, ClientHandshake, Identity
 from .regnet import PrimaryServer, ServerConfig, register
 
 SC, SS = "2001:db8:1::10", "2001:db8:2::20"

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import DecodeError, EncodeError, PdmError, RegistrationError
-from .keys import KemId
-from .registration import AllowList, ClientHandshake, Identity, Registration, ServerHandshake
-from .regmsg import (
+from .core.errors import DecodeError, EncodeError, PdmError, RegistrationError
+from .core.keys import KemId
+from .core.registration import AllowList, ClientHandshake, Identity, Registration, ServerHandshake
+from .core.regmsg import (
     HEADER_LEN,
     ErrorCode,
     ErrorMessage,

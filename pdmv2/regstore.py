@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .registration import Registration
+from .core.errors import ConfigError
+from .core.registration import Registration
 
 __all__ = ["write_secret_file", "read_text", "load_registrations", "store_registration", "current_registration"]
 

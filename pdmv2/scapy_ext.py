@@ -21,7 +21,7 @@ from scapy.fields import (
 from scapy.layers import inet6
 from scapy.packet import Packet
 
-from .option import OPTION_TYPE_PDM, SEALED_LEN, OptionLength
+from .core.option import OPTION_TYPE_PDM, SEALED_LEN, OptionLength
 
 __all__ = ["PDMOption", "register"]
 

@@ -20,16 +20,16 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, PdmError
-from ..flow import AddrType, PdmEngine
-from ..keyring import CombinedKeyring, KeyProvider, parse_key_file
-from ..packetproc import Outcome, PacketProcessor, Verdict
-from ..policy import Policy, parse_policy
+from ..core.errors import ConfigError, PdmError
+from ..core.flow import AddrType, PdmEngine
+from ..core.packetproc import Outcome, PacketProcessor, Verdict
+from ..core.policy import Policy, parse_policy
+from ..keyfiles import load_keys
 from ..regstore import read_text
 from . import rules
 from .nfq import open_queue
 
-__all__ = ["Agent", "AgentPaths", "load_keys", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME"]
+__all__ = ["Agent", "AgentPaths", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME"]
 
 log = logging.getLogger("pdmv2.agent")
 NF_INET_LOCAL_OUT = 3  # netfilter hook number; anything else queued is LOCAL_IN
@@ -55,21 +55,6 @@ class AgentPaths:
     def records(self) -> Path:
         """Per-packet JSON lines."""
         return self.run_dir / RECORDS_NAME
-
-
-def load_keys(keys_dir: Path) -> KeyProvider | None:
-    """Every *.json key file in the directory (0600 enforced), or None when there is none."""
-    if not keys_dir.exists():
-        return None
-    rings = []
-    for path in sorted(keys_dir.glob("*.json")):
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise ConfigError(str(path), "mode", f"is {mode:04o}; key files must be 0600")
-        rings.append(parse_key_file(read_text(path, "key file"), str(path)))
-    if not rings:
-        return None
-    return CombinedKeyring(rings) if len(rings) > 1 else rings[0]
 
 
 def _json_num(value: int | None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 __all__ = ["rule_specs", "install", "remove", "OUT", "IN", "MSS", "mss_for"]
 

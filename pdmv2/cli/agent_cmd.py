@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/pdmv2")
 DEFAULT_RUN = Path("/run/pdmv2")

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ..errors import PdmError
+from ..core.errors import PdmError
 from . import option_cmd
 
 EXIT_ERROR = 2

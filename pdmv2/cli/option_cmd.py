@@ -7,9 +7,9 @@ import dataclasses
 import json
 from typing import Any
 
-from ..errors import DecodeError
-from ..option import PdmOption, Pdmv2ClearOption, Pdmv2EncryptedOption, decode_option
-from ..timing import decode_delta_ns
+from ..core.errors import DecodeError
+from ..core.option import PdmOption, Pdmv2ClearOption, Pdmv2EncryptedOption, decode_option
+from ..core.timing import decode_delta_ns
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

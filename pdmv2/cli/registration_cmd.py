@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import load_yaml
-from ..errors import ConfigError
-from ..keyring import dump_client_key_file, dump_server_key_file
-from ..keys import AeadId, KdfId, KemId, client_secret
-from ..registration import ClientHandshake, Identity, dump_identity, parse_allow_list, parse_identity
+from ..core.config import load_yaml
+from ..core.errors import ConfigError
+from ..core.keyring import dump_client_key_file, dump_server_key_file
+from ..core.keys import AeadId, KdfId, KemId, client_secret
+from ..core.registration import ClientHandshake, Identity, dump_identity, parse_allow_list, parse_identity
 from ..regnet import DEFAULT_PORT, PrimaryServer, ServerConfig, register
 from ..regstore import current_registration, read_text, store_registration, write_secret_file
 

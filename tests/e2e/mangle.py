@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from pdmv2.agent.nfq import serve_until_sigterm
-from pdmv2.doh import parse_packet
+from pdmv2.core.doh import parse_packet
 
 queue, mode = int(sys.argv[1]), sys.argv[2]
 last_f: dict[tuple[bytes, bytes], int] = {}

@@ -15,7 +15,7 @@ import pytest
 
 from lab import state as labstate
 from pdmv2.capture import decode_capture
-from pdmv2.keyring import dump_client_key_file, parse_key_file
+from pdmv2.core.keyring import dump_client_key_file, parse_key_file
 from pdmv2.regstore import write_secret_file
 
 PY = sys.executable

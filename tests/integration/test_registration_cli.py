@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pdmv2.keyring import ClientKeyring, ServerKeyring, parse_key_file
+from pdmv2.core.keyring import ClientKeyring, ServerKeyring, parse_key_file
 
 CMD = [sys.executable, "-m", "pdmv2.cli.main"]
 

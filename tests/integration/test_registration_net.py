@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from pdmv2 import RegistrationError
-from pdmv2.keyring import ServerKeyring, parse_key_file
-from pdmv2.keys import AeadId, KdfId, KemId
-from pdmv2.registration import AllowEntry, AllowList, ClientHandshake, Identity
-from pdmv2.regmsg import ErrorCode, ErrorMessage, KemRequest, decode_body, decode_header, encode_message
+from pdmv2.core.keyring import ServerKeyring, parse_key_file
+from pdmv2.core.keys import AeadId, KdfId, KemId
+from pdmv2.core.registration import AllowEntry, AllowList, ClientHandshake, Identity
+from pdmv2.core.regmsg import ErrorCode, ErrorMessage, KemRequest, decode_body, decode_header, encode_message
 from pdmv2.regnet import PrimaryServer, ServerConfig, read_message, register
 from pdmv2.regstore import load_registrations, store_registration
 
@@ -326,7 +326,7 @@ def test_server_keyring_from_registration_matches(tmp_path: Path) -> None:
     async def main() -> None:
         async with running(tmp_path) as (_, port):
             reg = await register("::1", port, client())
-            from pdmv2.keyring import dump_server_key_file
+            from pdmv2.core.keyring import dump_server_key_file
 
             ring = parse_key_file(
                 dump_server_key_file(

@@ -22,7 +22,7 @@ from pdmv2 import (
     parse_packet,
     remove_option,
 )
-from pdmv2.doh import build_dest_opts, parse_dest_opts
+from pdmv2.core.doh import build_dest_opts, parse_dest_opts
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)

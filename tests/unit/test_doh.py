@@ -31,7 +31,7 @@ from pdmv2 import (
     parse_packet,
     remove_option,
 )
-from pdmv2.doh import padding
+from pdmv2.core.doh import padding
 from pdmv2.scapy_ext import PDMOption
 
 SRC, DST = "2001:db8:1::10", "2001:db8:2::20"

@@ -24,7 +24,7 @@ from pdmv2 import (
     client_secret,
     decode_option,
 )
-from pdmv2.keyring import ClientKeyring, ServerKeyring
+from pdmv2.core.keyring import ClientKeyring, ServerKeyring
 
 SHARED, SALT = bytes(range(32)), bytes(32)
 C, S = "2001:db8:1::10", "2001:db8:2::20"
@@ -210,8 +210,8 @@ def test_clear_receive_needs_no_keys() -> None:
 
 
 def test_engine_fast_path_agrees_with_the_public_codec() -> None:
-    from pdmv2.crypto import OptionCipher
-    from pdmv2.keys import session_key
+    from pdmv2.core.crypto import OptionCipher
+    from pdmv2.core.keys import session_key
 
     a, _ = engines()
     cs = client_secret(DEFAULT_SUITE, shared_secret=SHARED, salt=SALT, client_addr=C)

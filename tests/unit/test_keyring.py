@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pdmv2 import DEFAULT_SUITE, ConfigError, UnknownKeyError, client_secret
-from pdmv2.keyring import (
+from pdmv2.core.keyring import (
     ClientKeyring,
     CombinedKeyring,
     ServerKeyring,
@@ -15,7 +15,7 @@ from pdmv2.keyring import (
     dump_server_key_file,
     parse_key_file,
 )
-from pdmv2.keys import Suite
+from pdmv2.core.keys import Suite
 
 SHARED, SALT = bytes(range(1, 33)), bytes(range(40, 72))
 C = "2001:db8:1::10"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pdmv2 import DEFAULT_SUITE, EncodeError, FiveTuple, PdmError, Suite, client_secret, session_key
-from pdmv2.keys import AeadId, KdfId, KemId
+from pdmv2.core.keys import AeadId, KdfId, KemId
 from tests import oracle
 
 VECTORS = Path(__file__).parent.parent / "vectors"

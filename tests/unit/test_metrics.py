@@ -7,7 +7,7 @@ import random
 import pytest
 
 from pdmv2 import FiveTuple, Mode, PdmEngine
-from pdmv2.metrics import Metric, MetricsTracker, PacketRecord, summarize
+from pdmv2.core.metrics import Metric, MetricsTracker, PacketRecord, summarize
 
 MS = 1_000_000
 FLOW = FiveTuple.from_text("2001:db8:1::10", 40000, "2001:db8:2::20", 80, 17)

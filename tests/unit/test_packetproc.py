@@ -10,10 +10,10 @@ from scapy.layers.inet6 import ICMPv6ND_NS, IPv6, IPv6ExtHdrFragment
 from scapy.packet import Raw
 
 from pdmv2 import DEFAULT_SUITE, client_secret, decode_option, parse_packet
-from pdmv2.flow import PdmEngine
-from pdmv2.keyring import ClientKeyring, ServerKeyring
-from pdmv2.packetproc import Outcome, PacketProcessor
-from pdmv2.policy import parse_policy
+from pdmv2.core.flow import PdmEngine
+from pdmv2.core.keyring import ClientKeyring, ServerKeyring
+from pdmv2.core.packetproc import Outcome, PacketProcessor
+from pdmv2.core.policy import parse_policy
 
 C, S = "2001:db8:1::10", "2001:db8:2::20"
 SHARED, SALT = bytes(range(32)), bytes(32)

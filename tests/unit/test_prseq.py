@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pdmv2 import EncodeError, Prseq
-from pdmv2.prseq import PRSEQ_PERIOD
+from pdmv2.core.prseq import PRSEQ_PERIOD
 
 
 @pytest.mark.parametrize("seed", [1, 2, 12345, PRSEQ_PERIOD])

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from pdmv2 import ConfigError, RegistrationError
-from pdmv2.keys import AeadId, KdfId, KemId
-from pdmv2.registration import (
+from pdmv2.core.keys import AeadId, KdfId, KemId
+from pdmv2.core.registration import (
     AllowEntry,
     AllowList,
     ClientHandshake,
@@ -22,7 +22,7 @@ from pdmv2.registration import (
     parse_allow_list,
     parse_identity,
 )
-from pdmv2.regmsg import ErrorCode, KemResponse, SetupResponse
+from pdmv2.core.regmsg import ErrorCode, KemResponse, SetupResponse
 
 X = KemId.DHKEM_X25519_HKDF_SHA256
 PS, PC = Identity.generate(X, ikm=os.urandom(64)), Identity.generate(X, ikm=os.urandom(64))

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pdmv2 import DecodeError, EncodeError
-from pdmv2.regmsg import (
+from pdmv2.core.regmsg import (
     HEADER_LEN,
     MAX_BODY,
     ErrorMessage,

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pdmv2 import EncodeError
-from pdmv2.timing import RELATIVE_ERROR_BOUND, decode_delta, encode_delta, encode_delta_ns, ns_to_as
+from pdmv2.core.timing import RELATIVE_ERROR_BOUND, decode_delta, encode_delta, encode_delta_ns, ns_to_as
 
 
 def test_known_values_from_rfc8250_notes() -> None:

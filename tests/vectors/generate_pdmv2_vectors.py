@@ -10,7 +10,7 @@ import json
 import random
 
 from pdmv2 import FiveTuple, Pdmv2Fields, Suite, client_secret, session_key
-from pdmv2.crypto import OptionCipher
+from pdmv2.core.crypto import OptionCipher
 
 PAIRS = [(kdf, aead) for kdf in (1, 2, 3) for aead in (1, 2, 3)]
 FLOWS = [

@@ -17,7 +17,7 @@ from pdmv2 import (
     decode_option,
     session_key,
 )
-from pdmv2.crypto import OptionCipher
+from pdmv2.core.crypto import OptionCipher
 from tests import oracle
 
 DOC = json.loads((Path(__file__).parent / "pdmv2-03.json").read_text())
