@@ -8,6 +8,7 @@ packet accepted unchanged: no packet ever crashes the agent.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,17 +25,64 @@ from ..core.errors import ConfigError, PdmError
 from ..core.flow import AddrType, PdmEngine
 from ..core.packetproc import Outcome, PacketProcessor, Verdict
 from ..core.policy import Policy, parse_policy
-from ..keyfiles import load_keys
+from ..keyfiles import KeySet, load_key_set
 from ..regstore import read_text
 from . import rules
 from .nfq import open_queue
+from .records import DEFAULT_FILES, DEFAULT_MAX_BYTES, RecordWriter
 
-__all__ = ["Agent", "AgentPaths", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME"]
+__all__ = ["Agent", "AgentPaths", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME", "LOCK_NAME", "take_netns_lock"]
 
 log = logging.getLogger("pdmv2.agent")
 NF_INET_LOCAL_OUT = 3  # netfilter hook number; anything else queued is LOCAL_IN
 RECORDS_NAME, SOCKET_NAME, PID_NAME = "records.jsonl", "agent.sock", "agent.pid"
 _LOG_EVERY_NS = 1_000_000_000
+# One agent per network namespace: abstract unix socket names are per network namespace and the
+# name is released by the kernel when the process ends, however it ends (kill -9 included).
+LOCK_NAME = b"\0pdmv2-agent"
+
+
+def take_netns_lock() -> socket.socket:
+    """Bind the namespace's agent lock; ConfigError (nothing changed) when another agent holds it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(LOCK_NAME)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            holder = _lock_holder()
+            who = f" (pid {holder})" if holder else ""
+            raise ConfigError(
+                "pdmv2 agent",
+                "lock",
+                f"another agent{who} already runs in this network namespace; this one changed nothing and exits",
+            ) from None
+        raise ConfigError("pdmv2 agent", "lock", f"cannot take the namespace lock ({exc.strerror or exc})") from None
+    return sock
+
+
+def _lock_holder() -> int | None:
+    """Pid of the process holding LOCK_NAME in this network namespace, when /proc tells (best effort)."""
+    name = "@" + LOCK_NAME[1:].decode()
+    try:
+        with open("/proc/net/unix", encoding="ascii", errors="replace") as f:
+            inodes = {f"socket:[{p[6]}]" for p in (line.split() for line in f) if len(p) >= 8 and p[7] == name}
+        if not inodes:
+            return None
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return int(pid)
+                except OSError:
+                    continue
+    except OSError:
+        return None
+    return None
 
 
 class AgentPaths:
@@ -86,19 +134,33 @@ class Agent:
     thread answers the control socket.  One lock serialises packet handling with reloads and stats.
     """
 
-    def __init__(self, paths: AgentPaths, *, queue: int = 7, install_rules: bool = True) -> None:
+    def __init__(
+        self,
+        paths: AgentPaths,
+        *,
+        queue: int = 7,
+        install_rules: bool = True,
+        records_max_bytes: int = DEFAULT_MAX_BYTES,
+        records_files: int = DEFAULT_FILES,
+    ) -> None:
         self.paths = paths
         self.queue_num = queue
         self.install_rules = install_rules
+        self.records_max_bytes = records_max_bytes
+        self.records_files = records_files
         self.policy = self._load_policy()
+        self.keyset: KeySet = load_key_set(paths.keys, now=time.time())
         self.engine = PdmEngine(
-            keys=load_keys(paths.keys), rotate_after=self.policy.rotate_after, grace_ns=self.policy.grace_ms * 1_000_000
+            keys=self.keyset.provider, rotate_after=self.policy.rotate_after, grace_ns=self.policy.grace_ms * 1_000_000
         )
         self.proc = PacketProcessor(self.engine, self.policy)
         self.started = time.time()
         self.errors: Counter[str] = Counter()
         self._logs = _RateLimitedLog()
-        self._records: Any = None
+        self._records: RecordWriter | None = None
+        self.control_errors = 0
+        self._reload_lock = threading.Lock()
+        self._netns_lock: socket.socket | None = None
         self._record_prefix: dict[tuple[Any, ...], str] = {}
         self._reload = False
         self._stop = False
@@ -251,6 +313,10 @@ class Agent:
                 "global": self.engine.global_pointer(AddrType.GLOBAL),
             },
             "keys": repr(self.engine.keys) if self.engine.keys is not None else None,
+            "key_files": len(self.keyset),
+            "records": self._records.stats() if self._records is not None else None,
+            "records_dropped": self._records.dropped if self._records is not None else 0,
+            "control_errors": self.control_errors,
             "flows": flows,
         }
 
@@ -263,32 +329,48 @@ class Agent:
                 if request == "stats":
                     reply: dict[str, Any] = self.stats()
                 elif request == "reload":
-                    os.kill(os.getpid(), signal.SIGHUP)
-                    reply = {"ok": True}
+                    refused = self.reload()
+                    reply = {"ok": True} if refused is None else {"error": f"reload refused: {refused}"}
                 else:
                     reply = {"error": f"unknown request {request[:40]!r}"}
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass
 
-    def reload(self) -> None:
-        """SIGHUP: re-read keys and policy; flow state stays.  A bad file keeps the old settings."""
-        try:
-            policy = self._load_policy()
-            keys = load_keys(self.paths.keys)
-        except PdmError as exc:
-            log.error("reload refused, keeping the running settings: %s", exc)
-            return
-        with self._lock:
-            self.policy = policy
-            self.proc.set_policy(policy)
-            self.engine.set_keys(keys)
-        log.info("reloaded policy (%d rules) and keys (%s)", len(policy.rules), keys)
+    def reload(self) -> str | None:
+        """SIGHUP or `pdmv2 reload`: re-read keys and policy; flow state stays.
+
+        Returns None when applied, else why it was refused: a bad file, or no usable key file
+        left when the agent has keys.  A refused reload keeps every running setting.
+        """
+        with self._reload_lock:
+            try:
+                policy = self._load_policy()
+                keyset = load_key_set(self.paths.keys, now=time.time())
+                keys = keyset.provider
+            except PdmError as exc:
+                log.error("reload refused, keeping the running settings: %s", exc)
+                return str(exc)
+            if len(self.keyset) and not len(keyset):
+                why = (
+                    f"no usable key file in {self.paths.keys} while the agent has {len(self.keyset)}; "
+                    "the running keys and policy are kept (stop the agent to run without keys)"
+                )
+                log.error("reload refused: %s", why)
+                return why
+            with self._lock:
+                self.policy = policy
+                self.proc.set_policy(policy)
+                self.engine.set_keys(keys)
+                self.keyset = keyset
+            log.info("reloaded policy (%d rules) and keys (%s)", len(policy.rules), keys)
+            return None
 
     # -- main loop ---------------------------------------------------------------------------------
 
     def run(self, ready: Any = None) -> int:
         """Serve until SIGTERM/SIGINT; removes everything it installed on the way out."""
+        self._netns_lock = take_netns_lock()  # before anything is touched: a refused start changes nothing
         self.paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.paths.run_dir / PID_NAME).write_text(f"{os.getpid()}\n")
         self.paths.socket.unlink(missing_ok=True)
@@ -307,7 +389,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, on_signal)
         if self.policy.records:
-            self._records = open(self.paths.records, "a", buffering=1 << 20, encoding="utf-8")
+            self._records = RecordWriter(self.paths.records, max_bytes=self.records_max_bytes, files=self.records_files)
         nfq: Any = None
         try:
             nfq = open_queue(self.queue_num, self.handle)
@@ -342,6 +424,7 @@ class Agent:
             control.close()
             self.paths.socket.unlink(missing_ok=True)
             (self.paths.run_dir / PID_NAME).unlink(missing_ok=True)
+            self._netns_lock.close()  # last: the namespace is free once everything of ours is gone
         log.info("agent stopped: %s", dict(self.proc.counters))
         return 0
 
@@ -355,17 +438,36 @@ class Agent:
                 time.sleep(0.1)
 
     def _control_loop(self, control: socket.socket) -> None:
+        """Serve requests until shutdown; an error (EMFILE on accept, a failed request) never ends it."""
         while True:
             try:
                 self._serve_control(control)
-            except OSError:
-                return  # socket closed at shutdown
+            except Exception as exc:
+                if self._stop or control.fileno() < 0:
+                    return  # socket closed at shutdown
+                self.control_errors += 1
+                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self._logs.warn("control_error", f"{type(exc).__name__}: {detail}; still serving", time.monotonic_ns())
+                time.sleep(0.1)  # EMFILE: the connection waits in the backlog; do not spin on it
 
     def _housekeeping(self) -> None:
         with self._lock:
             if self._records is not None:
-                self._records.flush()
+                self._records.flush()  # never raises: a full disk drops and counts records
             self.engine.expire(time.monotonic_ns())
+        self._expire_keys(time.time())
+
+    def _expire_keys(self, now: float) -> None:
+        """Stop using key files whose ``expires`` has passed (checked once a second)."""
+        expiry = self.keyset.next_expiry
+        if not expiry or now < expiry:
+            return
+        with self._reload_lock:
+            active = self.keyset.active(now)
+            with self._lock:
+                self.engine.set_keys(active.provider)
+                self.keyset = active
+        log.warning("keys now in use: %s", active.provider)
 
 
 def query(run_dir: Path, request: str = "stats", timeout: float = 3.0) -> dict[str, Any]:

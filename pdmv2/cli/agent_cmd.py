@@ -45,6 +45,20 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     a.add_argument("--policy", type=Path, help="policy file (default CONFIG/policy.yaml)")
     a.add_argument("--keys", type=Path, help="key directory (default CONFIG/keys)")
     a.add_argument("--queue", type=int, default=7, help="NFQUEUE number (default 7)")
+    a.add_argument(
+        "--records-max-mb",
+        type=_positive_mib,
+        default=64,
+        help="largest records.jsonl before it is rotated, MiB (default 64; 0.004 is the least)",
+    )
+    a.add_argument(
+        "--records-files",
+        type=int,
+        choices=range(1, 101),
+        default=2,
+        metavar="N",
+        help="records files kept, the current one included (1..100, default 2)",
+    )
     a.add_argument("--check", action="store_true", help="validate policy and keys, print a summary, exit")
     a.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     a.set_defaults(func=_agent)
@@ -71,12 +85,30 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "decode",
         help="read PDM/PDMv2 options from a capture file",
         description="Print every PDM/PDMv2 option in a pcap/pcapng capture: opened where the key "
-        "files cover the flow, 'encrypted' where not; then the metrics per flow.",
+        "files cover the flow, 'encrypted' where not; then the metrics per flow. With --write, "
+        "write instead a pcapng copy in which every encrypted option that opens is in the clear "
+        "layout, with a packet comment (see docs/wireshark.md).",
     )
     d.add_argument("capture", type=Path, help="pcap or pcapng file (tcpdump -w)")
     d.add_argument("--keys", type=Path, help="directory of key files (client and/or server)")
     d.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    d.add_argument(
+        "--write",
+        type=Path,
+        metavar="OUT.pcapng",
+        help="write a decrypted copy of the capture (needs --keys) and print a summary",
+    )
     d.set_defaults(func=_decode)
+
+
+def _positive_mib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
+    if not 4096 / 2**20 <= value <= 2**20:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be between 0.004 and 1048576 MiB")
+    return value
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -95,7 +127,12 @@ def _agent(args: argparse.Namespace) -> int:
         return 0
     if os.geteuid() != 0:
         raise ConfigError("pdmv2 agent", "user", "must run as root (ip6tables and NFQUEUE)")
-    agent = Agent(paths, queue=args.queue)
+    agent = Agent(
+        paths,
+        queue=args.queue,
+        records_max_bytes=max(4096, int(args.records_max_mb * 2**20)),
+        records_files=args.records_files,
+    )
     return agent.run(ready=lambda: print(f"agent ready (queue {args.queue}, run dir {paths.run_dir})", flush=True))
 
 
@@ -117,6 +154,11 @@ def _stats(args: argparse.Namespace) -> int:
     counters = reply["counters"]
     if counters:
         print("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
+    records = reply.get("records")
+    if records:
+        print(
+            f"records: {records['written']} written, {records['dropped']} dropped, {records['rotations']} rotation(s)"
+        )
     header = f"{'flow':<58} {'metric':<13} {'count':>6} {'min ms':>9} {'p50 ms':>9} {'p95 ms':>9} {'max ms':>9}"
     print(header)
     for f in reply["flows"]:
@@ -135,14 +177,21 @@ def _stats(args: argparse.Namespace) -> int:
 def _reload(args: argparse.Namespace) -> int:
     from ..agent.daemon import query
 
-    query(args.run, "reload")
-    print("reload requested")
+    reply = query(args.run, "reload")
+    if "error" in reply:
+        raise ConfigError(str(args.run), "reload", str(reply["error"]))
+    print("reloaded")
     return 0
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from ..capture import decode_capture, render
+    from ..capture import decode_capture, render, write_decrypted
 
+    if args.write is not None:
+        if args.keys is None:
+            raise ConfigError("pdmv2 decode", "--keys", "--write needs the key files that open the options")
+        print(write_decrypted(args.capture, args.keys, args.write))
+        return 0
     result = decode_capture(args.capture, args.keys)
     sys.stdout.write(render(result, args.format))
     return 0
