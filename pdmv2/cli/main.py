@@ -12,14 +12,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..core.errors import PdmError
-from . import option_cmd
+from . import option_cmd, wireshark_cmd
 
 EXIT_ERROR = 2
 EXIT_INTERNAL = 70
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
-_SUBCOMMANDS: list[Register] = [option_cmd.register]
+_SUBCOMMANDS: list[Register] = [option_cmd.register, wireshark_cmd.register]
 
 
 def _optional_subcommands() -> list[Register]:
