@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import state as labstate
+from lab.control import ControlError, LabHost
 from lab.topology import Node, Topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ class _Stop(Exception):
     """SIGTERM/SIGINT: stop the lab."""
 
 
-class LabError(Exception):
+class LabError(ControlError):
     """A step of the lab that failed, with what to look at."""
 
 
@@ -45,6 +45,7 @@ class LabDaemon:
         self.rotate_after = rotate_after
         self.net: Any = None
         self.hosts: dict[str, Any] = {}
+        self.lab_hosts: dict[str, LabHost] = {}
         self.procs: dict[str, list[int]] = {}
         self.state: dict[str, Any] = {
             "topology": topo.name,
@@ -71,51 +72,23 @@ class LabDaemon:
         self, host: str, *argv: str, input_text: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """Run a command inside a host (its network and mount namespaces) and wait."""
-        pid = self.hosts[host].pid
-        proc = subprocess.run(
-            ["mnexec", "-a", str(pid), *argv],
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise LabError(
-                f"{host}: {shlex.join(argv)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-500:]}"
-            )
-        return proc
+        return self.lab_hosts[host].run(*argv, input_text=input_text, check=check, timeout=timeout)
 
     def spawn(self, host: str, name: str, *argv: str) -> int:
         """Start a long-running process in a host; its output goes to LAB_DIR/logs/<host>-<name>.log."""
         logdir = labstate.LAB_DIR / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
-        log = open(logdir / f"{host}-{name}.log", "ab")
-        pid = self.hosts[host].pid
-        proc = subprocess.Popen(
-            ["mnexec", "-a", str(pid), *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        with open(logdir / f"{host}-{name}.log", "ab") as log:
+            proc = self.lab_hosts[host].popen(
+                *argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.procs.setdefault(host, []).append(proc.pid)
         self.state["hosts"][host]["procs"] = self.procs[host]
         return proc.pid
 
     def write(self, host: str, path: str, text: str, mode: str = "0600") -> None:
         """Write a file inside a host's private directories."""
-        self.run(
-            host,
-            "sh",
-            "-c",
-            'umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"',
-            "write",
-            path,
-            mode,
-            input_text=text,
-        )
+        self.lab_hosts[host].write(path, text, mode)
 
     def wait_for(self, what: str, check: Any, timeout: float = 20.0) -> None:
         """Poll until check() is true."""
@@ -132,8 +105,9 @@ class LabDaemon:
         """Mininet: hosts with private directories, Linux bridges, veth links; IPv6 only."""
         from mininet.log import setLogLevel
         from mininet.net import Mininet
-        from mininet.node import Host
         from mininet.nodelib import LinuxBridge
+
+        from lab.nodes import PdmHost, PdmRouter
 
         setLogLevel("warning")
         net = Mininet(
@@ -145,7 +119,8 @@ class LabDaemon:
             if n.role == "switch":
                 switches[n.name] = net.addSwitch(f"pdm{n.name}", cls=LinuxBridge, dpid=f"{i:016x}", stp=False)
             else:
-                self.hosts[n.name] = net.addHost(n.name, cls=Host, ip=None, privateDirs=PRIVATE_DIRS)
+                cls = PdmRouter if n.role == "router" else PdmHost
+                self.hosts[n.name] = net.addHost(n.name, cls=cls, ip=None, privateDirs=PRIVATE_DIRS, pdm_node=n)
         for link in self.topo.links:
             ends = []
             for node, ifname in (link.a, link.b):
@@ -154,7 +129,8 @@ class LabDaemon:
                 else:
                     ends.append((self.hosts[node], ifname))
             net.addLink(ends[0][0], ends[1][0], intfName1=ends[0][1], intfName2=ends[1][1])
-        net.build()
+        net.build()  # each host's config() sets its addresses and routes (lab/nodes.py)
+        self.lab_hosts = {name: LabHost(name, h.pid) for name, h in self.hosts.items()}
         for sw in switches.values():
             sw.start([])
         self.state["bridges"] = [sw.name for sw in switches.values()]
@@ -189,31 +165,6 @@ class LabDaemon:
                         check=False,
                         capture_output=True,
                     )
-
-    def configure(self, n: Node) -> None:
-        """IPv6 addresses (no DAD), routes, forwarding; no IPv4 anywhere."""
-        h = n.name
-        script = [
-            "set -e",
-            "ip link set lo up",
-            "sysctl -qw net.ipv6.conf.all.accept_dad=0",
-            "sysctl -qw net.ipv6.conf.default.accept_dad=0",
-            "sysctl -qw net.ipv6.conf.all.accept_ra=0",
-            "sysctl -qw net.ipv6.conf.default.accept_ra=0",
-        ]
-        for iface in n.interfaces:
-            script += [
-                f"ip -4 addr flush dev {iface.name}",
-                f"sysctl -qw net.ipv6.conf.{iface.name}.disable_ipv6=0",
-                f"sysctl -qw net.ipv6.conf.{iface.name}.accept_dad=0",
-                f"sysctl -qw net.ipv6.conf.{iface.name}.accept_ra=0",
-                f"ip link set {iface.name} up",
-            ]
-            script += [f"ip -6 addr add {a} dev {iface.name} nodad" for a in iface.addresses]
-        script += [f"ip -6 route add {r.to} via {r.via}" for r in n.routes]
-        if n.role == "router":
-            script.append("sysctl -qw net.ipv6.conf.all.forwarding=1")
-        self.run(h, "sh", "-c", "\n".join(script))
 
     # -- services ----------------------------------------------------------------------------------
 
@@ -401,9 +352,7 @@ class LabDaemon:
         """Everything up to 'ready'."""
         self.step(f"building {self.topo.name}: {len(self.topo.hosts)} hosts, {len(self.topo.links)} links")
         self.build()
-        for n in self.topo.hosts:
-            self.configure(n)
-        self.step("IPv6 configured (no IPv4, no DAD), routes and forwarding set")
+        self.step("hosts up: IPv6 configured (no IPv4, no DAD), routes and forwarding set")
         host_keys = {n.name: self.start_sshd(n.name) for n in self.topo.hosts}
         self.step(f"sshd running on {len(host_keys)} hosts")
         for pc in self.topo.by_role("pc"):

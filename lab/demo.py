@@ -8,7 +8,6 @@ plot of the delays; down.  Each step says what it shows and why.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -16,10 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab import state as labstate
-from lab.cli import cmd_down, cmd_up, host_pid, host_run, running_lab
+from lab import control
 
-PDMV2 = str(Path(sys.executable).parent / "pdmv2")
+PDMV2 = control.PDMV2
 PY = sys.executable
 OUT = Path.cwd() / "demo-output"
 
@@ -28,29 +26,68 @@ def say(n: int, title: str, why: str) -> None:
     print(f"\n=== {n}. {title}\n    {why}", flush=True)
 
 
+def host_run(host: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return control.host(host).run(*argv)
+
+
 def spawn(host: str, *argv: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["mnexec", "-a", str(host_pid(host)), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    return control.host(host).popen(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_observer_capture(pcap: Path) -> subprocess.Popen[bytes]:
+    """tcpdump on the observer's WAN interface into ``pcap``; returns once it is listening."""
+    cap = control.host("obs").popen(
+        "tcpdump",
+        "-i",
+        "eth0",
+        "-U",
+        "-n",
+        "--immediate-mode",
+        "-w",
+        str(pcap),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
+    assert cap.stderr is not None
+    cap.stderr.readline()
+    return cap
 
 
-def run(args: argparse.Namespace) -> int:
+def show_observer_capture(pcap: Path) -> None:
+    """What the observer sees without keys: option statuses, and tshark's reading as a second opinion."""
+    plain = subprocess.run([PDMV2, "decode", str(pcap), "--format", "json"], capture_output=True, text=True, check=True)
+    opts = json.loads(plain.stdout)["options"]
+    statuses = sorted({o["status"] for o in opts})
+    print(
+        f"    {len(opts)} PDM options on the WAN; readable without keys: "
+        f"{sum(o['psntp'] is not None for o in opts)} (statuses: {', '.join(statuses)})"
+    )
+    tshark = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "ipv6.opt.type == 0x0f", "-T", "fields", "-e", "_ws.expert.message"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    if tshark.strip():
+        print(f"    tshark (an independent reader): {tshark.splitlines()[0].split(',')[0]}")
+
+
+def run(*, keep: bool = False) -> int:
     OUT.mkdir(exist_ok=True)
     say(
         1,
         "Bring the lab up (enterprise topology)",
         "Mininet hosts: a PC and 3 SCs, a PS and 3 SSs, two routers and an observer on the WAN; IPv6 only.",
     )
-    current = running_lab()
-    started_here = current is None
-    if current is not None and not current.get("ready"):
+    st = control.running_lab()
+    started_here = st is None
+    if st is not None and not st.get("ready"):
         print("a lab is starting or stuck: `make lab-down` first", file=sys.stderr)
         return 2
-    if started_here:
-        rc = cmd_up(argparse.Namespace(topo="enterprise", secondaries=None, rotate=32767, timeout=None))
-        if rc:
-            return rc
-    st = labstate.load() or {}
+    if st is None:
+        st = control.up("enterprise")
+        for line in control.status_table(st):
+            print(line)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         say(
@@ -75,26 +112,8 @@ def run(args: argparse.Namespace) -> int:
             "The applications are unchanged; the agents add and read PDMv2 on the kernel's packets.",
         )
         pcap = Path(tempfile.mkdtemp()) / "wan.pcap"
-        cap = subprocess.Popen(
-            [
-                "mnexec",
-                "-a",
-                str(host_pid("obs")),
-                "tcpdump",
-                "-i",
-                "eth0",
-                "-U",
-                "-n",
-                "--immediate-mode",
-                "-w",
-                str(pcap),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        cap = start_observer_capture(pcap)
         procs.append(cap)
-        assert cap.stderr is not None
-        cap.stderr.readline()
         procs.append(spawn("ss1", PY, "-m", "lab.httpd", "8080", "5"))
         time.sleep(0.5)
         print(
@@ -121,23 +140,7 @@ def run(args: argparse.Namespace) -> int:
             "What the observer on the WAN sees",
             "Option type 0x0F with length 0x22: version and Random Number in clear, 30 octets of ciphertext.",
         )
-        plain = subprocess.run(
-            [PDMV2, "decode", str(pcap), "--format", "json"], capture_output=True, text=True, check=True
-        )
-        opts = json.loads(plain.stdout)["options"]
-        statuses = sorted({o["status"] for o in opts})
-        print(
-            f"    {len(opts)} PDM options on the WAN; readable without keys: "
-            f"{sum(o['psntp'] is not None for o in opts)} (statuses: {', '.join(statuses)})"
-        )
-        tshark = subprocess.run(
-            ["tshark", "-r", str(pcap), "-Y", "ipv6.opt.type == 0x0f", "-T", "fields", "-e", "_ws.expert.message"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        if tshark.strip():
-            print(f"    tshark (an independent reader): {tshark.splitlines()[0].split(',')[0]}")
+        show_observer_capture(pcap)
         say(
             6,
             "The same capture decrypted with the secondary server's keys",
@@ -199,9 +202,9 @@ def run(args: argparse.Namespace) -> int:
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
-        if started_here and not args.keep:
+        if started_here and not keep:
             say(9, "Down", "Every namespace, bridge, link and process the lab made is removed.")
-            cmd_down(args)
+            print(control.down())
     return 0
 
 

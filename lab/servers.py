@@ -1,9 +1,9 @@
-"""Small network programs the e2e tests run inside namespaces (UDP echo with a delay, TCP sink/source).
+"""Small network programs the demo and the e2e tests run inside hosts (UDP echo with a delay, TCP sink/source).
 
-python tests/e2e/apps.py udp-echo PORT DELAY_MS
-python tests/e2e/apps.py udp-client DST PORT COUNT INTERVAL_MS      -> prints "replies N"
-python tests/e2e/apps.py tcp-sink PORT                               -> prints "bytes N sha256 H"
-python tests/e2e/apps.py tcp-source DST PORT MBYTES                  -> prints "bytes N sha256 H"
+python -m lab.servers udp-echo PORT DELAY_MS
+python -m lab.servers udp-client DST PORT COUNT INTERVAL_MS      -> prints "replies N"
+python -m lab.servers tcp-sink PORT                               -> prints "bytes N sha256 H"
+python -m lab.servers tcp-source DST PORT MBYTES                  -> prints "bytes N sha256 H"
 """
 
 from __future__ import annotations

@@ -9,19 +9,18 @@ the node and the field.  No shell strings: nothing in a topology is ever run.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pdmv2.core.config import line_of, load_yaml
 from pdmv2.core.errors import ConfigError
 
-__all__ = ["Topology", "Node", "Interface", "Route", "Link", "parse_topology", "ROLES", "HOST_ROLES", "scaled"]
+__all__ = ["Topology", "Node", "Interface", "Route", "Link", "parse_topology", "check_root_routes", "ROLES", "scaled"]
 
 SCHEMA = 1
 ROLES = ("pc", "ps", "sc", "ss", "router", "observer", "switch")
-HOST_ROLES = ("pc", "ps", "sc", "ss", "router", "observer")
 LAB_SPACE = ipaddress.IPv6Network("2001:db8::/32")  # documentation prefix: the only one the lab uses
-_NODE_KEYS = {"role", "interfaces", "routes", "primary", "vars", "__line__"}
+_NODE_KEYS = {"role", "interfaces", "routes", "primary", "__line__"}
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,6 @@ class Node:
     """Static routes (hosts only)."""
     primary: str | None = None
     """For sc/ss: the pc/ps that manages it."""
-    vars: dict[str, Any] = field(default_factory=dict)
-    """Free-form variables (passed to Ansible)."""
 
     @property
     def addresses(self) -> list[ipaddress.IPv6Interface]:
@@ -181,11 +178,7 @@ def _parse_node(name: str, raw: Any, source: str) -> Node:
     primary = raw.get("primary")
     if role in ("sc", "ss") and not isinstance(primary, str):
         raise _err(source, f"{where}.primary", f"an {role} needs its primary ({'pc' if role == 'sc' else 'ps'})")
-    vars_ = raw.get("vars") or {}
-    if not isinstance(vars_, dict):
-        raise _err(source, f"{where}.vars", "must be a mapping")
-    vars_ = {k: v for k, v in vars_.items() if k != "__line__"}
-    return Node(name, role, tuple(interfaces), tuple(routes), primary, vars_)
+    return Node(name, role, tuple(interfaces), tuple(routes), primary)
 
 
 def parse_topology(text: str, source: str = "topology") -> Topology:
@@ -321,7 +314,7 @@ def scaled(topo: Topology, secondaries: int) -> Topology:
                     )
                     for i in n.interfaces
                 )
-                nodes.append(Node(name, n.role, ifaces, n.routes, n.primary, dict(n.vars)))
+                nodes.append(Node(name, n.role, ifaces, n.routes, n.primary))
                 links.append(
                     Link(
                         (name, first_link.a[1] if first_link.a[0] == n.name else first_link.b[1]),
@@ -335,3 +328,42 @@ def scaled(topo: Topology, secondaries: int) -> Topology:
         if topo.node(lk.a[0]).role not in ("sc", "ss") and topo.node(lk.b[0]).role not in ("sc", "ss"):
             links.append(lk)
     return Topology(f"{topo.name}-x{secondaries}", tuple(nodes), tuple(links))
+
+
+_ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "throw", "unreachable", "prohibit", "blackhole", "nat"}
+
+
+def check_root_routes(topo: Topology, routes: list[str], source: str = "topology") -> None:
+    """Refuse a lab whose subnets overlap a route of this machine's root namespace.
+
+    ``routes`` are the lines of ``ip -6 route show`` in the root namespace.  The lab lives in its
+    own namespaces, but a lab subnet that is also a real network of this machine makes every
+    address in it ambiguous to the person reading captures and logs; so pick another part of
+    2001:db8::/32.  The default route (``::/0``) covers everything and is not a network of its
+    own, so it is not compared.
+    """
+    root: list[tuple[ipaddress.IPv6Network, str]] = []
+    for line in routes:
+        words = line.split()
+        if words and words[0] in _ROUTE_TYPES:
+            words = words[1:]
+        if not words or words[0] == "default":
+            continue
+        try:
+            net = ipaddress.IPv6Network(words[0], strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen == 0:
+            continue
+        root.append((net, line.strip()))
+    for n in topo.hosts:
+        for iface in n.interfaces:
+            for a in iface.addresses:
+                for net, line in root:
+                    if a.network.overlaps(net):
+                        raise _err(
+                            source,
+                            f"nodes.{n.name}.interfaces.{iface.name}",
+                            f"{a.network} overlaps the route '{line}' of this machine's root namespace: "
+                            "choose another part of 2001:db8::/32 for the lab",
+                        )

@@ -2,7 +2,6 @@
 
     python tests/e2e/mangle.py QUEUE flip        # change one octet of every PDM option it forwards
     python tests/e2e/mangle.py QUEUE drop-flip   # drop the first packet of each new F value per flow
-    python tests/e2e/mangle.py QUEUE inject-bad  # forward unchanged; (the test injects garbage itself)
 
 Stops on SIGTERM.  Prints one line per packet it changed, for the test to count.
 """
@@ -15,6 +14,8 @@ from pdmv2.agent.nfq import serve_until_sigterm
 from pdmv2.core.doh import parse_packet
 
 queue, mode = int(sys.argv[1]), sys.argv[2]
+if mode not in ("flip", "drop-flip"):
+    sys.exit(f"mangle.py: unknown mode {mode!r} (flip | drop-flip)")
 last_f: dict[tuple[bytes, bytes], int] = {}
 
 

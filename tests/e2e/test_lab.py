@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import control
 from lab import state as labstate
 from pdmv2.capture import decode_capture
 from pdmv2.core.keyring import dump_client_key_file, parse_key_file
@@ -31,10 +32,7 @@ def lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 
 
 def in_host(host: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    pid = labstate.load()["hosts"][host]["pid"]  # type: ignore[index]
-    return subprocess.run(
-        ["mnexec", "-a", str(pid), *argv], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return control.host(host).run(*argv, timeout=timeout)
 
 
 def stats(host: str) -> dict:
@@ -68,9 +66,15 @@ def up() -> Iterator[dict]:
 
 
 def capture(host: str, path: Path) -> subprocess.Popen[str]:
-    pid = labstate.load()["hosts"][host]["pid"]  # type: ignore[index]
-    proc = subprocess.Popen(
-        ["mnexec", "-a", str(pid), "tcpdump", "-i", "eth0", "-U", "-n", "--immediate-mode", "-w", str(path)],
+    proc = control.host(host).popen(
+        "tcpdump",
+        "-i",
+        "eth0",
+        "-U",
+        "-n",
+        "--immediate-mode",
+        "-w",
+        str(path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

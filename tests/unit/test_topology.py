@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.topology import parse_topology, scaled
+from lab.topology import check_root_routes, parse_topology, scaled
 from pdmv2 import ConfigError
 
 TOPO = Path(__file__).resolve().parent.parent.parent / "topologies"
@@ -87,3 +87,25 @@ def test_broken_yaml_names_the_line() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_topology("schema: 1\nnodes: [\n", "x.yaml")
     assert exc.value.field.startswith("line")
+
+
+ROOT_ROUTES = [
+    "2001:db8:1::/64 dev eth0 proto kernel metric 256 pref medium",
+    "fe80::/64 dev eth0 proto kernel metric 256 pref medium",
+    "default via fe80::1 dev eth0 proto ra metric 1024 expires 1795sec pref medium",
+]
+
+
+def test_lab_subnet_overlapping_a_root_route_is_refused_naming_the_route() -> None:
+    t = parse_topology(ENTERPRISE, "enterprise.yaml")
+    with pytest.raises(ConfigError) as exc:
+        check_root_routes(t, ROOT_ROUTES, "enterprise.yaml")
+    assert exc.value.field == "nodes.pc.interfaces.eth0"  # the first node on 2001:db8:1::/64
+    assert "2001:db8:1::/64 dev eth0 proto kernel" in str(exc.value)
+
+
+def test_root_routes_that_do_not_overlap_are_accepted() -> None:
+    t = parse_topology(ENTERPRISE, "enterprise.yaml")
+    check_root_routes(t, [*ROOT_ROUTES[1:], "unreachable 2001:db8:77::/48 metric 1024", "garbage", ""], "e")
+    with pytest.raises(ConfigError, match="unreachable 2001:db8::/32"):  # a wider route covers the lab
+        check_root_routes(t, ["unreachable 2001:db8::/32 metric 1024"], "e")
