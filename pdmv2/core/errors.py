@@ -15,6 +15,7 @@ __all__ = [
     "CryptoError",
     "AuthenticationError",
     "ReplayError",
+    "KeyWaitError",
     "UnknownKeyError",
     "ConfigError",
     "RegistrationError",
@@ -68,6 +69,15 @@ class ReplayError(CryptoError):
         self.random_number = random_number
         self.kri = kri
         super().__init__(f"Random Number {random_number} already seen with Kri {kri}")
+
+
+class KeyWaitError(CryptoError):
+    """No key may be used for this packet yet: the (key, nonce) pairs it would use may exist already.
+
+    Raised on egress after a loss of state within the current key epoch, when an epoch's rotations
+    are used up, or when the nonce reservation could not be recorded (docs/protocol.md §8).  The
+    packet goes out without the option.
+    """
 
 
 class UnknownKeyError(CryptoError):

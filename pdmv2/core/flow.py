@@ -5,13 +5,20 @@ last send/receive times.  A flow is keyed by its 5-tuple as seen from this host 
 a packet received is looked up by its reversed 5-tuple, so both directions are one flow.
 ICMPv6 has no ports: it is keyed with ports 0 (echo request and reply are one flow).
 
-Rotation (implementation choice, docs/protocol.md §Rotation): F is always the low bit of the
-sender's Kri (Kri 0 starts with F 0).  When its PRSEQ is used up, or after ``rotate_after``
-packets, the sender increments its Kri, flips F and restarts PRSEQ from a new seed.  The receiver
-reads Kri from F: a packet whose F differs from the parity of the Kri in use was sealed with the
-next Kri (or, reordered, the previous one); the previous key stays usable for ``grace_ns`` after
-a rotation, so packets reordered across a flip still open.  One whole lost epoch (every packet
-with one F value dropped) is tolerated by also trying Kri + 2.
+Keys and nonces (docs/protocol.md §8).  A (key, nonce) pair must never be used twice, also when
+this host forgets a flow (idle expiry, eviction) or restarts.  The Kri is therefore anchored to
+the wall clock: Kri = key epoch * 2^16 + rotation, where the key epoch is wall time divided by
+``epoch_ns``.  Every flow moves to the current epoch's first usable Kri when the epoch changes,
+and to the next rotation when its PRSEQ is used up (or after ``rotate_after`` packets).  A key is
+never used in an epoch this host may have used it in before it lost the state: forgotten flows
+raise a floor, a restart starts from the persisted reservation (or waits for the next epoch), and
+every Kri is reserved (``reserve`` callback, written to disk by the agent) before it is used.
+
+The receiver reads only the low bit of the sender's Kri (F) and guesses the rest from its own
+state and clock, with at most ``max_tries`` candidates per packet and a search that goes on across
+packets when it has lost the sender (§8).  Replays are refused per key with a bitmap of Random
+Numbers seen; a receiver that has lost a flow's state accepts only keys above a floor, so old
+packets replayed after a restart or an eviction do not open into measurements.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ from __future__ import annotations
 import random
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 from .crypto import OptionCipher
-from .errors import AuthenticationError, CryptoError, EncodeError, ReplayError, UnknownKeyError
+from .errors import AuthenticationError, CryptoError, EncodeError, KeyWaitError, ReplayError, UnknownKeyError
 from .keyring import KeyProvider
-from .keys import FiveTuple, session_key
+from .keys import KRI_ROTATION_BITS, FiveTuple, kri_epoch, kri_of, session_key
 from .option import (
     OPTION_TYPE_PDM,
     PDMV2_VERSION,
@@ -49,6 +57,8 @@ __all__ = [
     "Received",
     "FlowState",
     "PdmEngine",
+    "DEFAULT_EPOCH_NS",
+    "RESERVE_AHEAD",
 ]
 
 _U16 = 0xFFFF
@@ -58,6 +68,17 @@ _V2_HEADER = struct.Struct(">BBHH")
 _FIELDS = struct.Struct(">BBIHHHH")
 _VRSN_RES = PDMV2_VERSION << 12
 _ENC_PREFIX = bytes((OPTION_TYPE_PDM, OptionLength.PDMV2_ENCRYPTED, PDMV2_VERSION << 4, 0))
+
+DEFAULT_EPOCH_NS = 8_000_000_000
+"""Length of a key epoch (policy ``key_epoch_s``); both ends of a flow must use the same."""
+RESERVE_AHEAD = 15
+"""Rotations reserved at once beyond the one needed: one disk write per epoch and per 16 rotations."""
+_LAST_ROTATION = (1 << KRI_ROTATION_BITS) - 1
+_RESYNC_ROTATIONS = 32  # a receiver that lost the sender searches rotations 0..31 of three epochs
+_RESYNC_DELTAS = (0, -1, 1)
+_RESYNC_SPACE = len(_RESYNC_DELTAS) * _RESYNC_ROTATIONS // 2  # candidates of one parity
+_MAX_PROBES = 4096  # resync cursors kept for flows the receiver has no state for
+_BITMAP_OCTETS = (PRSEQ_PERIOD + 1) // 8
 
 
 class Mode(StrEnum):
@@ -97,7 +118,7 @@ def address_type(addr: bytes) -> AddrType:
 
 
 class StaleKeyError(CryptoError):
-    """A packet sealed with the previous Kri after its grace window closed."""
+    """A packet sealed with a key this receiver no longer accepts (old, or from before a loss of state)."""
 
 
 @dataclass(slots=True)
@@ -118,13 +139,13 @@ class Sent:
     """DELTATLR as encoded (attoseconds after truncation)."""
     delta_tls_as: int
     """DELTATLS as encoded (attoseconds after truncation)."""
-    global_pointer: int | None
+    global_pointer: int | None = None
     """Global Pointer carried (None for RFC 8250 PDM)."""
-    kri: int | None
-    """Own Kri used (None unless encrypted)."""
-    random_number: int | None
+    kri: int | None = None
+    """Own Kri used (None for RFC 8250 PDM)."""
+    random_number: int | None = None
     """Random Number carried (None for RFC 8250 PDM)."""
-    f: int | None
+    f: int | None = None
     """F bit carried (None for RFC 8250 PDM)."""
 
 
@@ -144,13 +165,13 @@ class Received:
     """Peer's DELTATLR in attoseconds."""
     delta_tls_as: int
     """Peer's DELTATLS in attoseconds."""
-    global_pointer: int | None
+    global_pointer: int | None = None
     """Peer's Global Pointer (None for RFC 8250 PDM)."""
-    kri: int | None
+    kri: int | None = None
     """Peer's Kri that opened the option (None unless encrypted)."""
-    random_number: int | None
+    random_number: int | None = None
     """Random Number carried (None for RFC 8250 PDM)."""
-    f: int | None
+    f: int | None = None
     """F bit carried (None for RFC 8250 PDM)."""
 
 
@@ -165,11 +186,13 @@ class FlowState:
         "next_psntp",
         "other_ciphers",
         "other_kri",
+        "other_prev_kri",
         "other_rotated_ns",
         "other_seen",
         "own_cipher",
         "own_kri",
         "own_prseq",
+        "probe",
         "psnlr",
         "received",
         "sent",
@@ -184,13 +207,15 @@ class FlowState:
         self.sent_before_recv_ns: int | None = None
         self.last_send_ns: int | None = None
         self.last_seen_ns = 0
-        self.own_kri = 0
+        self.own_kri: int | None = None  # None until the first PDMv2 packet is sent
         self.own_prseq = prseq
         self.own_cipher: OptionCipher | None = None
-        self.other_kri = 0
+        self.other_kri: int | None = None  # the peer's newest Kri that opened
+        self.other_prev_kri: int | None = None  # the one before it, usable for grace_ns
         self.other_rotated_ns: int | None = None
         self.other_ciphers: dict[int, OptionCipher] = {}
-        self.other_seen: dict[int, set[int]] = {}
+        self.other_seen: dict[int, bytearray] = {}  # Random Numbers seen, a bitmap per Kri
+        self.probe = 0  # resync search cursor (see PdmEngine._candidates)
         self.sent = 0
         self.received = 0
 
@@ -202,7 +227,13 @@ class FlowState:
 
 
 class PdmEngine:
-    """Builds the option of each outgoing packet and reads the option of each incoming one."""
+    """Builds the option of each outgoing packet and reads the option of each incoming one.
+
+    ``send_floor``/``recv_floor``: Kris up to these values may have been used (sent or received)
+    by an earlier run of this host; see :meth:`restarted`.  ``reserve(kri)`` is called before any
+    Kri above the last reservation is used and must make it durable; returning False makes the
+    engine send without the option rather than risk a nonce reuse.
+    """
 
     def __init__(
         self,
@@ -213,17 +244,37 @@ class PdmEngine:
         grace_ns: int = 2_000_000_000,
         idle_ns: int = 300_000_000_000,
         max_flows: int = 65536,
+        epoch_ns: int = DEFAULT_EPOCH_NS,
+        wall_offset_ns: int = 0,
+        send_floor: int = -1,
+        recv_floor: int = -1,
+        reserve: Callable[[int], bool] | None = None,
+        max_tries: int = 6,
     ) -> None:
         if not 1 <= rotate_after <= PRSEQ_PERIOD:
             raise EncodeError("rotate_after", f"must be in 1..{PRSEQ_PERIOD}")
+        if epoch_ns < 1_000_000:
+            raise EncodeError("epoch_ns", "a key epoch must last at least 1 ms")
+        if max_tries < 1:
+            raise EncodeError("max_tries", "must be at least 1")
         self.keys = keys
         self.rotate_after = rotate_after
         self.grace_ns = grace_ns
         self.idle_ns = idle_ns
         self.max_flows = max_flows
+        self.epoch_ns = epoch_ns
+        self.wall_offset_ns = wall_offset_ns
+        """Wall clock minus the ``now_ns`` clock; the agent samples it periodically."""
+        self.max_tries = max_tries
         self._rng = rng if rng is not None else random.SystemRandom()
         self._flows: OrderedDict[FiveTuple, FlowState] = OrderedDict()
+        self._probes: OrderedDict[FiveTuple, int] = OrderedDict()
         self._gp = [0, 0]  # last Global Pointer sent, per AddrType
+        self._epoch = 0  # newest key epoch seen (never goes back)
+        self._send_floor = send_floor
+        self._recv_floor = recv_floor
+        self._reserved = send_floor
+        self._reserve = reserve
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -232,9 +283,45 @@ class PdmEngine:
         """Flows by 5-tuple as seen from this host (a read-only view by convention)."""
         return self._flows
 
+    @property
+    def send_floor(self) -> int:
+        """Kris up to this one may have been used by a forgotten flow or an earlier run."""
+        return self._send_floor
+
+    @property
+    def recv_floor(self) -> int:
+        """A flow with no receive state accepts only Kris above this one."""
+        return self._recv_floor
+
+    @property
+    def reserved(self) -> int:
+        """The highest Kri reserved (made durable) so far."""
+        return self._reserved
+
     def global_pointer(self, kind: AddrType) -> int:
         """The last Global Pointer sent for this source-address type (0: none yet)."""
         return self._gp[kind]
+
+    def epoch(self, now_ns: int) -> int:
+        """The key epoch at ``now_ns`` (never older than one already seen)."""
+        e = (now_ns + self.wall_offset_ns) // self.epoch_ns
+        if e > self._epoch:
+            self._epoch = e
+        return self._epoch
+
+    def restarted(self, now_ns: int, reservation: int | None) -> None:
+        """Start after a loss of all state (a new process): set the floors.
+
+        ``reservation`` is the last Kri an earlier run reserved, or None when unknown: then the
+        whole current epoch counts as used and this host sends from the next one.  A receiver
+        accepts nothing from the current or the next epoch on flows it has no state for (one
+        epoch of clock skew), so nothing received before the restart can be replayed.
+        """
+        e = self.epoch(now_ns)
+        used = reservation if reservation is not None else kri_of(e, _LAST_ROTATION)
+        self._send_floor = max(self._send_floor, used)
+        self._reserved = max(self._reserved, used)
+        self._recv_floor = max(self._recv_floor, kri_of(e + 1, _LAST_ROTATION))
 
     def set_keys(self, keys: KeyProvider | None) -> None:
         """Swap the key material (SIGHUP) without losing flow state; cached ciphers are dropped."""
@@ -247,14 +334,23 @@ class PdmEngine:
         """Forget flows idle for longer than ``idle_ns``; returns how many."""
         old = [k for k, st in self._flows.items() if now_ns - st.last_seen_ns > self.idle_ns]
         for k in old:
-            del self._flows[k]
+            self._forget(self._flows.pop(k))
         return len(old)
+
+    def _forget(self, st: FlowState) -> None:
+        # The floors remember what a forgotten flow used, so its next incarnation cannot reuse a
+        # (key, nonce) pair when sending, nor accept a replay of it when receiving.
+        if st.own_kri is not None and st.own_kri > self._send_floor:
+            self._send_floor = st.own_kri
+        if st.other_kri is not None and st.other_kri > self._recv_floor:
+            self._recv_floor = st.other_kri
 
     def _new_state(self, local: FiveTuple) -> FlowState:
         st = FlowState(local, self._rng.randrange(1 << 16), self._new_prseq())
         self._flows[local] = st
         while len(self._flows) > self.max_flows:
-            self._flows.popitem(last=False)
+            self._forget(self._flows.popitem(last=False)[1])
+        self._probes.pop(local, None)
         return st
 
     def _new_prseq(self) -> Prseq:
@@ -271,22 +367,55 @@ class PdmEngine:
 
     # -- egress ----------------------------------------------------------------------------------
 
+    def _next_own_kri(self, st: FlowState | None, now_ns: int) -> int | None:
+        """The Kri the next packet must move to, or None to keep the current one (no state change)."""
+        epoch = self.epoch(now_ns)
+        kri = st.own_kri if st is not None else None
+        if kri is None or kri_epoch(kri) < epoch:
+            new = kri_of(epoch, 0)
+            if new <= self._send_floor:
+                new = self._send_floor + 1
+                if kri_epoch(new) != epoch:
+                    raise KeyWaitError(f"key epoch {epoch} may have been used before state was lost; next epoch")
+        elif st is not None and st.own_prseq.exhausted:
+            # draft -03 §4.4: PRSEQ used up (or rotation due): next Kri, F flips, PRSEQ restarts.
+            new = kri + 1
+            if kri_epoch(new) != epoch:
+                raise KeyWaitError(f"every rotation of key epoch {epoch} is used up; next epoch")
+        else:
+            return None
+        if new > self._reserved:
+            reservation = new + RESERVE_AHEAD
+            if self._reserve is not None and not self._reserve(reservation):
+                raise KeyWaitError("the nonce reservation could not be recorded")
+            self._reserved = reservation
+        return new
+
     def outgoing(self, flow: FiveTuple, mode: Mode, now_ns: int) -> Sent:
         """The option for a packet sent on ``flow`` (src = this host) at ``now_ns``.
 
-        Raises UnknownKeyError (encrypted, no key) before touching any state.
+        Raises UnknownKeyError (encrypted, no key) or KeyWaitError before touching any state.
         """
         if mode is Mode.OFF:
             raise EncodeError("mode", "mode off carries no option")
         st = self._flows.get(flow)
-        rotate = mode is not Mode.PDM and st is not None and st.own_prseq.exhausted
-        secret = b""
-        if mode is Mode.PDMV2_ENCRYPTED and (st is None or st.own_cipher is None or rotate):
-            secret = self._secret(flow)
+        new_kri = None if mode is Mode.PDM else self._next_own_kri(st, now_ns)
+        new_cipher: OptionCipher | None = None
+        if mode is Mode.PDMV2_ENCRYPTED and (new_kri is not None or st is None or st.own_cipher is None):
+            kri_for_key = new_kri if new_kri is not None else st.own_kri  # type: ignore[union-attr]
+            assert kri_for_key is not None  # a flow with no own Kri always gets a new one
+            new_cipher = self._cipher(self._secret(flow), flow, kri_for_key)
+        # Everything that can fail has run: commit.
         if st is None:
             st = self._new_state(flow)
         else:
             self._flows.move_to_end(flow)
+        if new_kri is not None:
+            st.own_kri = new_kri
+            st.own_prseq = self._new_prseq()
+            st.own_cipher = None
+        if new_cipher is not None:
+            st.own_cipher = new_cipher
 
         last_recv = st.last_recv_ns
         if last_recv is None:
@@ -306,51 +435,48 @@ class PdmEngine:
             encode_delta(max(dtlr, dtls))  # raises the typed error
         delta_tlr, delta_tls = dtlr >> scale_dtlr, dtls >> scale_dtls
         psntp = st.next_psntp
-
-        gp: int | None = None
-        kri: int | None = None
-        rn: int | None = None
-        f: int | None = None
-        if mode is Mode.PDM:
-            option = encode_option(PdmOption(scale_dtlr, scale_dtls, psntp, st.psnlr, delta_tlr, delta_tls))
-        else:
-            if rotate:
-                # draft -03 §4.4: PRSEQ used up (or rotation due): new Kri, flip F, restart PRSEQ.
-                st.own_kri += 1
-                st.own_prseq = self._new_prseq()
-                st.own_cipher = None
-            kind = address_type(flow.src)
-            gp = self._gp[kind] % 0xFFFFFFFF + 1
-            rn = st.own_prseq.next()
-            f = st.own_kri & 1
-            plain = _FIELDS.pack(scale_dtlr, scale_dtls, gp, psntp, st.psnlr, delta_tlr, delta_tls)
-            if mode is Mode.PDMV2_ENCRYPTED:
-                cipher = st.own_cipher
-                if cipher is None:
-                    cipher = st.own_cipher = self._cipher(secret, flow, st.own_kri)
-                header = _V2_HEADER.pack(OPTION_TYPE_PDM, OptionLength.PDMV2_ENCRYPTED, _VRSN_RES, (rn << 1) | f)
-                option = cipher.seal_packed(header, rn, plain)
-                kri = st.own_kri
-            else:
-                option = _V2_HEADER.pack(OPTION_TYPE_PDM, OptionLength.PDMV2_CLEAR, _VRSN_RES, (rn << 1) | f) + plain
-            self._gp[kind] = gp
-
         st.next_psntp = (psntp + 1) & _U16
         st.last_send_ns = now_ns
         st.last_seen_ns = now_ns
         st.sent += 1
+
+        if mode is Mode.PDM:
+            option = encode_option(PdmOption(scale_dtlr, scale_dtls, psntp, st.psnlr, delta_tlr, delta_tls))
+            return Sent(
+                flow=flow,
+                mode=mode,
+                option=option,
+                psntp=psntp,
+                psnlr=st.psnlr,
+                delta_tlr_as=delta_tlr << scale_dtlr,
+                delta_tls_as=delta_tls << scale_dtls,
+            )
+        kind = address_type(flow.src)
+        gp = self._gp[kind] % 0xFFFFFFFF + 1
+        self._gp[kind] = gp
+        own_kri = st.own_kri
+        assert own_kri is not None
+        rn = st.own_prseq.next()
+        f = own_kri & 1
+        plain = _FIELDS.pack(scale_dtlr, scale_dtls, gp, psntp, st.psnlr, delta_tlr, delta_tls)
+        if mode is Mode.PDMV2_ENCRYPTED:
+            assert st.own_cipher is not None
+            header = _V2_HEADER.pack(OPTION_TYPE_PDM, OptionLength.PDMV2_ENCRYPTED, _VRSN_RES, (rn << 1) | f)
+            option = st.own_cipher.seal_packed(header, rn, plain)
+        else:
+            option = _V2_HEADER.pack(OPTION_TYPE_PDM, OptionLength.PDMV2_CLEAR, _VRSN_RES, (rn << 1) | f) + plain
         return Sent(
-            flow,
-            mode,
-            option,
-            psntp,
-            st.psnlr,
-            delta_tlr << scale_dtlr,
-            delta_tls << scale_dtls,
-            gp,
-            kri,
-            rn,
-            f,
+            flow=flow,
+            mode=mode,
+            option=option,
+            psntp=psntp,
+            psnlr=st.psnlr,
+            delta_tlr_as=delta_tlr << scale_dtlr,
+            delta_tls_as=delta_tls << scale_dtls,
+            global_pointer=gp,
+            kri=own_kri,
+            random_number=rn,
+            f=f,
         )
 
     # -- ingress ---------------------------------------------------------------------------------
@@ -359,69 +485,110 @@ class PdmEngine:
         """Read the option of a packet received on ``flow`` (src = the peer) at ``now_ns``.
 
         Raises DecodeError, UnknownKeyError, AuthenticationError, StaleKeyError or ReplayError;
-        on any error no state changes.
+        on any error no flow state changes (a receiver that lost the sender only moves its
+        search cursor on).
         """
         local = flow.reversed()
         st = self._flows.get(local)
-        kri: int | None
-        rn: int | None
-        f: int | None
-        gp: int | None
         if len(option) == 36 and option[:4] == _ENC_PREFIX:
             # Per-packet path for the encrypted format; anything else goes through decode_option.
-            mode = Mode.PDMV2_ENCRYPTED
             rn_f = (option[4] << 8) | option[5]
             rn, f = rn_f >> 1, rn_f & 1
             kri, plain = self._open(st, flow, local, bytes(option[:V2_HEADER_LEN]), rn, f, bytes(option[6:]), now_ns)
             scale_dtlr, scale_dtls, gp, psntp, psnlr, delta_tlr, delta_tls = _FIELDS.unpack(plain)
-            dtlr, dtls = delta_tlr << scale_dtlr, delta_tls << scale_dtls
+            got = Received(
+                flow=flow,
+                mode=Mode.PDMV2_ENCRYPTED,
+                psntp=psntp,
+                psnlr=psnlr,
+                delta_tlr_as=delta_tlr << scale_dtlr,
+                delta_tls_as=delta_tls << scale_dtls,
+                global_pointer=gp,
+                kri=kri,
+                random_number=rn,
+                f=f,
+            )
         else:
-            mode, psntp, psnlr, dtlr, dtls, gp, kri, rn, f = self._read_slow(option)
+            got = self._read_clear(flow, option)
 
         # Everything checked: commit.
         if st is None:
             st = self._new_state(local)
         else:
             self._flows.move_to_end(local)
-        if kri is not None:
-            self._commit_kri(st, kri, rn or 0, now_ns)
-        st.psnlr = psntp
+        if got.kri is not None and got.random_number is not None:
+            self._commit_kri(st, got.kri, got.random_number, now_ns)
+        st.psnlr = got.psntp
         st.sent_before_recv_ns = st.last_send_ns
         st.last_recv_ns = now_ns
         st.last_seen_ns = now_ns
         st.received += 1
-        return Received(flow, mode, psntp, psnlr, dtlr, dtls, gp, kri, rn, f)
+        return got
 
     @staticmethod
-    def _read_slow(option: bytes) -> tuple[Mode, int, int, int, int, int | None, int | None, int | None, int | None]:
+    def _read_clear(flow: FiveTuple, option: bytes) -> Received:
         """RFC 8250 PDM and clear PDMv2 (and every malformed option, which decode_option refuses)."""
         opt = decode_option(option)
         if isinstance(opt, PdmOption):
-            return (
-                Mode.PDM,
-                opt.psntp,
-                opt.psnlr,
-                decode_delta(opt.delta_tlr, opt.scale_dtlr),
-                decode_delta(opt.delta_tls, opt.scale_dtls),
-                None,
-                None,
-                None,
-                None,
+            return Received(
+                flow=flow,
+                mode=Mode.PDM,
+                psntp=opt.psntp,
+                psnlr=opt.psnlr,
+                delta_tlr_as=decode_delta(opt.delta_tlr, opt.scale_dtlr),
+                delta_tls_as=decode_delta(opt.delta_tls, opt.scale_dtls),
             )
         # A well-formed encrypted option always takes the fast path in incoming().
         assert isinstance(opt, Pdmv2ClearOption)
         fl = opt.fields
-        return (
-            Mode.PDMV2_CLEAR,
-            fl.psntp,
-            fl.psnlr,
-            decode_delta(fl.delta_tlr, fl.scale_dtlr),
-            decode_delta(fl.delta_tls, fl.scale_dtls),
-            fl.global_pointer,
-            None,
-            opt.random_number,
-            opt.f,
+        return Received(
+            flow=flow,
+            mode=Mode.PDMV2_CLEAR,
+            psntp=fl.psntp,
+            psnlr=fl.psnlr,
+            delta_tlr_as=decode_delta(fl.delta_tlr, fl.scale_dtlr),
+            delta_tls_as=decode_delta(fl.delta_tls, fl.scale_dtls),
+            global_pointer=fl.global_pointer,
+            random_number=opt.random_number,
+            f=opt.f,
         )
+
+    def _candidates(self, st: FlowState | None, local: FiveTuple, f: int, now_ns: int) -> list[int]:
+        """The Kris to try for a packet whose F bit is ``f``: at most ``max_tries``, best first."""
+        epoch = self.epoch(now_ns)
+        out: list[int] = []
+        cur = st.other_kri if st is not None else None
+        if st is not None and cur is not None:
+            # Same parity: the same key, or two rotations on (every packet of one lost).  Else the next.
+            out += (cur, cur + 2) if cur & 1 == f else (cur + 1,)
+            prev = st.other_prev_kri
+            if prev is not None and prev & 1 == f:
+                out.append(prev)  # reordered across the rotation (stale once grace_ns is over)
+            # The sender moved on to a newer epoch (it does at every epoch, starting at rotation 0).
+            # After a quiet spell it is in the receiver's current epoch (or, by skew, the next one).
+            last = kri_epoch(cur)
+            out += [kri_of(e, f) for e in dict.fromkeys((last + 1, epoch, epoch + 1)) if e > last]
+        else:
+            out += [kri_of(epoch + d, f) for d in _RESYNC_DELTAS if epoch + d >= 0]
+        # The rest of the budget walks the resync space, where the last packet's search stopped.
+        cursor = st.probe if st is not None else self._probes.get(local, 0)
+        steps = 0
+        while len(out) < self.max_tries and steps < _RESYNC_SPACE:
+            i = (cursor + steps) % _RESYNC_SPACE
+            e = epoch + _RESYNC_DELTAS[i % len(_RESYNC_DELTAS)]
+            kri = kri_of(e, f + 2 * (i // len(_RESYNC_DELTAS)))
+            steps += 1
+            if e >= 0 and kri not in out:
+                out.append(kri)
+        cursor = (cursor + steps) % _RESYNC_SPACE
+        if st is not None:
+            st.probe = cursor
+        else:
+            self._probes[local] = cursor
+            self._probes.move_to_end(local)
+            while len(self._probes) > _MAX_PROBES:
+                self._probes.popitem(last=False)
+        return out[: self.max_tries]
 
     def _open(
         self,
@@ -435,15 +602,8 @@ class PdmEngine:
         now_ns: int,
     ) -> tuple[int, bytes]:
         """(Kri that opened it, the 14 plaintext octets)."""
-        current = st.other_kri if st is not None else 0
-        if (current & 1) == f:
-            candidates = [current, current + 2]
-        else:
-            candidates = [current + 1, current - 1, current + 3]
         secret: bytes | None = None
-        for kri in candidates:
-            if kri < 0:
-                continue
+        for kri in self._candidates(st, local, f, now_ns):
             cipher = st.other_ciphers.get(kri) if st is not None else None
             if cipher is None:
                 if secret is None:
@@ -455,24 +615,37 @@ class PdmEngine:
                 plain = cipher.open_packed(header, rn, sealed)
             except AuthenticationError:
                 continue
-            if st is not None and kri < current:
-                rotated = st.other_rotated_ns
-                if rotated is None or now_ns - rotated > self.grace_ns:
-                    raise StaleKeyError(f"packet sealed with previous Kri {kri} after the grace window")
-            seen = st.other_seen.get(kri) if st is not None else None
-            if seen is not None and rn in seen:
-                raise ReplayError(rn, kri)
+            self._check_fresh(st, kri, rn, now_ns)
             return kri, plain
         raise AuthenticationError("PDMv2 option did not authenticate with any expected Kri")
 
-    @staticmethod
-    def _commit_kri(st: FlowState, kri: int, rn: int, now_ns: int) -> None:
-        if kri > st.other_kri or not st.other_seen:
-            if kri > st.other_kri:
+    def _check_fresh(self, st: FlowState | None, kri: int, rn: int, now_ns: int) -> None:
+        """StaleKeyError or ReplayError unless (kri, rn) may be accepted now."""
+        cur = st.other_kri if st is not None else None
+        if st is None or cur is None:
+            if kri <= self._recv_floor:
+                raise StaleKeyError(f"Kri {kri} is from before this receiver lost the flow's state")
+        elif kri < cur:
+            rotated = st.other_rotated_ns
+            if kri != st.other_prev_kri or rotated is None or now_ns - rotated > self.grace_ns:
+                raise StaleKeyError(f"packet sealed with an older Kri {kri} (current {cur})")
+        seen = st.other_seen.get(kri) if st is not None else None
+        if seen is not None and seen[rn >> 3] & (1 << (rn & 7)):
+            raise ReplayError(rn, kri)
+
+    def _commit_kri(self, st: FlowState, kri: int, rn: int, now_ns: int) -> None:
+        cur = st.other_kri
+        if cur is None or kri > cur:
+            if cur is not None:
                 st.other_rotated_ns = now_ns
+            st.other_prev_kri = cur
             st.other_kri = kri
-            for old in [k for k in st.other_seen if k < kri - 1]:
+            keep = (kri, cur)
+            for old in [k for k in st.other_seen if k not in keep]:
                 del st.other_seen[old]
-            for old in [k for k in st.other_ciphers if k < kri - 1]:
+            for old in [k for k in st.other_ciphers if k not in keep]:
                 del st.other_ciphers[old]
-        st.other_seen.setdefault(kri, set()).add(rn)
+        seen = st.other_seen.get(kri)
+        if seen is None:
+            seen = st.other_seen[kri] = bytearray(_BITMAP_OCTETS)
+        seen[rn >> 3] |= 1 << (rn & 7)

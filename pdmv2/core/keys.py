@@ -6,10 +6,13 @@ no byte layout and no nonce.  This module fixes them (implementation choice, doc
 
     client_secret = LabeledExpand(LabeledExtract(salt, "pdmv2 client", SharedSecret),
                                   "client", C, Nh)                        # C: 16 octets
-    ctx           = src(16) || sport(2) || dst(16) || dport(2) || proto(1) || I2OSP(kri, 4)
+    ctx           = src(16) || sport(2) || dst(16) || dport(2) || proto(1) || I2OSP(kri, 8)
     prk           = LabeledExtract("", "pdmv2 session", client_secret)
     key           = LabeledExpand(prk, "key", ctx, Nk)
     base_nonce    = LabeledExpand(prk, "base_nonce", ctx, Nn)
+
+The Key Rotation Index is 64 bits: the key epoch (wall clock / epoch length) times 2^16 plus the
+rotation within that epoch (docs/protocol.md §8); only its low bit (F) is on the wire.
 
 LabeledExtract/LabeledExpand are RFC 9180 §4 with suite_id = "HPKE" || kem || kdf || aead,
 as pyhpke's KDF objects implement them.
@@ -40,7 +43,34 @@ __all__ = [
     "client_secret",
     "session_key",
     "SALT_LEN",
+    "KRI_LEN",
+    "KRI_ROTATION_BITS",
+    "kri_of",
+    "kri_epoch",
+    "kri_rotation",
 ]
+
+KRI_LEN = 8
+"""Octets of the Key Rotation Index in the key derivation context."""
+KRI_ROTATION_BITS = 16
+"""Low bits of the Kri that count rotations within one key epoch (docs/protocol.md §8)."""
+_ROTATION_MASK = (1 << KRI_ROTATION_BITS) - 1
+
+
+def kri_of(epoch: int, rotation: int) -> int:
+    """The Kri of rotation ``rotation`` within key epoch ``epoch``."""
+    return (epoch << KRI_ROTATION_BITS) | rotation
+
+
+def kri_epoch(kri: int) -> int:
+    """The key epoch a Kri belongs to."""
+    return kri >> KRI_ROTATION_BITS
+
+
+def kri_rotation(kri: int) -> int:
+    """The rotation within its key epoch (its low bit is the F bit on the wire)."""
+    return kri & _ROTATION_MASK
+
 
 SALT_LEN = 32  # issue #2: the registration's salt is 32 octets
 
@@ -236,9 +266,9 @@ def session_key(suite: Suite, *, client_secret: bytes, flow: FiveTuple, kri: int
     """SessionTemporaryKey and base nonce for the direction ``flow.src -> flow.dst`` at ``kri``."""
     if len(client_secret) != suite.nh:
         raise EncodeError("client_secret", f"need Nh={suite.nh} octets, got {len(client_secret)}")
-    if not 0 <= kri < 1 << 32:
-        raise EncodeError("kri", f"{kri} is not a 32-bit value")
-    ctx = flow.packed() + kri.to_bytes(4, "big")
+    if not 0 <= kri < 1 << 64:
+        raise EncodeError("kri", f"{kri} is not a 64-bit value")
+    ctx = flow.packed() + kri.to_bytes(KRI_LEN, "big")
     prk = suite.labeled_extract(b"", b"pdmv2 session", client_secret)
     return SessionKey(
         suite,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from .errors import DecodeError, EncodeError
+from .keys import SALT_LEN
 
 __all__ = [
     "MAGIC",
@@ -45,7 +46,6 @@ HEADER_LEN = 6
 MAX_BODY = 4096  # hard limit: the largest legitimate message (P-521 keys, 16 prefixes) is < 1 KiB
 NONCE_LEN = 16
 REGISTRATION_ID_LEN = 16
-SALT_LEN = 32
 MAX_REASON = 200
 _HDR = struct.Struct(">2sBBH")
 

@@ -67,8 +67,8 @@ def test_session_keys_differ_per_direction_and_kri_and_match_oracle() -> None:
     fwd1 = session_key(DEFAULT_SUITE, client_secret=cs, flow=FLOW, kri=1)
     assert len({fwd0.key, rev0.key, fwd1.key}) == 3
     assert len({fwd0.base_nonce, rev0.base_nonce, fwd1.base_nonce}) == 3
-    ctx = FLOW.src + (40000).to_bytes(2, "big") + FLOW.dst + (80).to_bytes(2, "big") + b"\x06" + b"\0\0\0\0"
-    assert FLOW.packed() + b"\0\0\0\0" == ctx
+    ctx = FLOW.src + (40000).to_bytes(2, "big") + FLOW.dst + (80).to_bytes(2, "big") + b"\x06" + bytes(8)
+    assert FLOW.packed() + bytes(8) == ctx  # the Kri takes 8 octets (key epoch and rotation)
     assert (fwd0.key, fwd0.base_nonce) == oracle.session((0x20, 1, 1), cs, ctx)
 
 
@@ -101,7 +101,7 @@ def test_session_key_bad_input() -> None:
         session_key(DEFAULT_SUITE, client_secret=b"short", flow=FLOW, kri=0)
     assert exc.value.field == "client_secret"
     with pytest.raises(EncodeError) as exc:
-        session_key(DEFAULT_SUITE, client_secret=bytes(32), flow=FLOW, kri=1 << 32)
+        session_key(DEFAULT_SUITE, client_secret=bytes(32), flow=FLOW, kri=1 << 64)
     assert exc.value.field == "kri"
     with pytest.raises(EncodeError) as exc:
         session_key(DEFAULT_SUITE, client_secret=bytes(32), flow=FiveTuple(b"\0" * 4, 1, b"\0" * 16, 2, 6), kri=0)

@@ -30,7 +30,8 @@ def main() -> None:
         suite = Suite.from_ids(0x0020, kdf, aead)
         src, sport, dst, dport, proto = FLOWS[i % len(FLOWS)]
         client = src if src.startswith("2001:db8:1:") else dst
-        kri = [0, 1, 2, 7, 65536, 0xFFFFFFFF][i % 6]
+        # Kri = key epoch * 2^16 + rotation (docs/protocol.md §8): epoch 0, a 2026 epoch of 8 s, the largest.
+        kri = [0, 1, 2, (221_490_000 << 16) | 7, (221_490_000 << 16) | 0xFFFF, (1 << 64) - 1][i % 6]
         shared = rng.randbytes(suite.nh)
         salt = rng.randbytes(32)
         fields = Pdmv2Fields(

@@ -46,7 +46,7 @@ def test_vector(case: dict) -> None:
     cs = client_secret(suite, shared_secret=shared, salt=salt, client_addr=case["client_addr"])
     assert cs.hex() == case["client_secret"] == oracle.client_secret(ids, shared, salt, c16).hex()
     key = session_key(suite, client_secret=cs, flow=flow, kri=case["kri"])
-    ctx = flow.packed() + case["kri"].to_bytes(4, "big")
+    ctx = flow.packed() + case["kri"].to_bytes(8, "big")
     okey, onon = oracle.session(ids, cs, ctx)
     assert key.key.hex() == case["session_key"] == okey.hex()
     assert key.base_nonce.hex() == case["base_nonce"] == onon.hex()
