@@ -9,7 +9,7 @@ VENV       ?= .venv
 BIN        := $(VENV)/bin
 PY         := $(BIN)/python
 STAMP      := $(VENV)/.deps-installed
-APT_PKGS   := python3-venv python3-dev gcc mininet bridge-utils net-tools iproute2 iptables tcpdump tshark iperf3 \
+APT_PKGS   := python3-venv python3-dev gcc libssl-dev mininet bridge-utils net-tools iproute2 iptables tcpdump tshark iperf3 \
               libnetfilter-queue-dev openssh-server openssh-client iputils-ping curl
 PYTEST_ARGS ?=
 
@@ -25,7 +25,7 @@ help: ## list the targets
 
 deps: $(STAMP) ## install Debian packages (apt) and the pinned Python packages (.venv)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock setup.py pdmv2/native/_datapath.c
 	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (apt-get install, namespaces)"; exit 1; fi
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -1,0 +1,176 @@
+"""The native data path (C extension ``_datapath``): a thin typed wrapper.
+
+The extension is optional: ``AVAILABLE`` says whether it was built, ``UNAVAILABLE_REASON`` why not.
+It does per packet what pdmv2/core (the readable reference) does, for established flows, and the
+NFQUEUE loop itself; key derivation, policy, reload and stats stay in Python
+(pdmv2/agent/native_loop.py).  docs/agent.md §Native data path describes the split.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.errors import AuthenticationError, ConfigError
+from ..core.flow import Mode
+from ..core.keys import FiveTuple, SessionKey
+
+__all__ = [
+    "AVAILABLE",
+    "UNAVAILABLE_REASON",
+    "OUTCOMES",
+    "MODE_CODES",
+    "HOOK_INGRESS",
+    "HOOK_EGRESS",
+    "REQ_KEY",
+    "REQ_RESERVE",
+    "NativeRecord",
+    "NativeCipher",
+    "new_datapath",
+    "pack_tuple",
+    "unpack_tuple",
+    "iter_records",
+]
+
+try:
+    from . import _datapath as _ext
+except ImportError as exc:  # not built: the agent falls back to the Python data path
+    _ext = None
+    AVAILABLE = False
+    UNAVAILABLE_REASON = f"the C extension pdmv2.native._datapath is not built ({exc})"
+else:
+    AVAILABLE = True
+    UNAVAILABLE_REASON = ""
+
+# Same order as the enum in _datapath.c; the first thirteen are pdmv2.core.packetproc.Outcome's values.
+OUTCOMES = (
+    "inserted",
+    "off",
+    "not_measured",
+    "too_big",
+    "refused",
+    "no_key",
+    "malformed",
+    "read",
+    "no_pdm",
+    "auth_failed",
+    "replay",
+    "stale_key",
+    "bad_option",
+    "downgrade",
+    "key_pending",
+    "kri_wait",
+    "reserve_pending",
+    "not_read",
+)
+MODE_CODES = {Mode.OFF: 0, Mode.PDM: 1, Mode.PDMV2_CLEAR: 2, Mode.PDMV2_ENCRYPTED: 3}
+MODES = {v: k for k, v in MODE_CODES.items()}
+HOOK_INGRESS, HOOK_EGRESS = 0, 1
+REQ_KEY, REQ_RESERVE = 1, 2
+_AEAD_IDS = (1, 2, 3)
+
+# The record layout of _datapath.c (rec_t), little-endian, 96 octets.
+_RECORD = struct.Struct("<qQIHHHHHHBBBBBBBB16s16s24x")
+RECORD_SIZE = _RECORD.size
+
+
+@dataclass(frozen=True, slots=True)
+class NativeRecord:
+    """One fixed-size record from the native ring."""
+
+    t_ns: int
+    """Monotonic ns: the time the packet's option was made or read at."""
+    direction: str
+    """egress or ingress."""
+    mode: Mode
+    """Option format."""
+    outcome: str
+    """inserted, read, auth_failed, replay or stale_key."""
+    flow: FiveTuple
+    """The packet's 5-tuple (src = its sender)."""
+    psntp: int
+    """PSNTP carried."""
+    psnlr: int
+    """PSNLR carried."""
+    delta_tlr_as: int
+    """DELTATLR in attoseconds, as encoded."""
+    delta_tls_as: int
+    """DELTATLS in attoseconds, as encoded."""
+    global_pointer: int | None
+    """Global Pointer (None for RFC 8250 PDM)."""
+    kri: int | None
+    """Kri (None unless encrypted)."""
+
+
+def iter_records(data: bytes) -> Iterator[NativeRecord]:
+    """Decode what ``Datapath.drain`` returned."""
+    for t, kri, gp, sport, dport, psntp, psnlr, dtlr, dtls, d, mode, outc, proto, sl, ss, hg, hk, src, dst in (
+        _RECORD.iter_unpack(data)
+    ):
+        yield NativeRecord(
+            t,
+            "egress" if d == HOOK_EGRESS else "ingress",
+            MODES.get(mode, Mode.OFF),
+            OUTCOMES[outc],
+            FiveTuple(src, sport, dst, dport, proto),
+            psntp,
+            psnlr,
+            dtlr << sl,
+            dtls << ss,
+            gp if hg else None,
+            kri if hk else None,
+        )
+
+
+def pack_tuple(flow: FiveTuple) -> bytes:
+    """The 37 octets the extension keys flows and keys by (src, sport, dst, dport, proto)."""
+    return flow.packed()
+
+
+def unpack_tuple(data: bytes) -> FiveTuple:
+    """Inverse of :func:`pack_tuple`."""
+    src, sport, dst, dport, proto = struct.unpack(">16sH16sHB", data)
+    return FiveTuple(src, sport, dst, dport, proto)
+
+
+def _require() -> Any:
+    if _ext is None:
+        raise ConfigError("pdmv2.native", "build", UNAVAILABLE_REASON)
+    return _ext
+
+
+class NativeCipher:
+    """One session key in OpenSSL (seal/open of the 36-octet option), for tests and the micro-benchmark."""
+
+    __slots__ = ("_c", "kri")
+
+    def __init__(self, key: SessionKey) -> None:
+        self.kri = key.kri
+        self._c = _require().Cipher(int(key.suite.aead), key.key, key.base_nonce)
+
+    def __repr__(self) -> str:
+        return f"NativeCipher(kri={self.kri})"
+
+    def seal_packed(self, header: bytes, random_number: int, plain: bytes) -> bytes:
+        """Header (the AAD) followed by the sealed 14 octets: same as OptionCipher.seal_packed."""
+        out: bytes = self._c.seal(header, random_number, plain)
+        return out
+
+    def open_packed(self, header: bytes, random_number: int, sealed: bytes) -> bytes:
+        """The 14 plaintext octets; AuthenticationError when the tag fails."""
+        plain: bytes | None = self._c.open(header, random_number, sealed)
+        if plain is None:
+            raise AuthenticationError(f"PDMv2 option did not authenticate with Kri {self.kri}")
+        return plain
+
+    def bench(self, n: int) -> tuple[float, float]:
+        """(seal ns/op, open ns/op) measured inside C over ``n`` operations."""
+        seal_ns, open_ns = self._c.bench(n)
+        return float(seal_ns), float(open_ns)
+
+
+def new_datapath(*, max_flows: int = 65536, key_slots: int = 16384, ring: int = 65536) -> Any:
+    """A native Datapath (raises ConfigError naming the reason when the extension is not built)."""
+    return _require().Datapath(max_flows=max_flows, key_slots=key_slots, ring=ring)
