@@ -227,10 +227,14 @@ def tshark() -> str:
     return path
 
 
-def tshark_rows(pcap: Path, *extra: str, display: str = "pdmv2") -> dict[int, dict[str, str]]:
+def tshark_rows(
+    pcap: Path, *extra: str, display: str = "pdmv2", check_checksums: bool = False
+) -> dict[int, dict[str, str]]:
     """Frame number -> {field: value} for every pdmv2.* field (and ``extra`` fields), with the dissector."""
     fields = [f"pdmv2.{f}" for f in ALL_FIELDS] + list(extra)
     args = [tshark(), "-n", "-r", str(pcap), "-X", f"lua_script:{DISSECTOR}", "-Y", display, "-T", "fields"]
+    if check_checksums:
+        args += ["-o", "udp.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE"]
     args += ["-E", "separator=\t", "-E", "occurrence=a", "-E", "aggregator=|", "-e", "frame.number"]
     for f in fields:
         args += ["-e", f]
@@ -249,7 +253,7 @@ def _int(text: str) -> int:
 
 
 def _close(text: str, value: float) -> bool:
-    return abs(float(text) - value) <= 1e-9 * max(1.0, abs(value))
+    return abs(float(text) - value) <= 1e-12 * max(1.0, abs(value))  # tshark prints 15 digits
 
 
 def assert_row_matches(row: dict[str, str], opt: dict[str, Any], *, as_clear: bool = False) -> None:
