@@ -1,12 +1,13 @@
 """records.jsonl: bounded in size, rotated, and never fatal (an edge: file I/O only).
 
-Lines are collected in memory and written with one ``os.write`` per batch (at most ``BATCH``
-octets, or at each flush).  Before a batch would take the current file past ``max_bytes`` the
-files are rotated like logrotate: ``records.jsonl.(n-1)`` is removed, ``records.jsonl.i`` becomes
-``.i+1``, ``records.jsonl`` becomes ``.1`` and a new ``records.jsonl`` is started, so at most
-``files`` files of at most ``max_bytes`` each exist.  Any OSError (ENOSPC, EDQUOT, EIO, a removed
-directory) drops the batch: its lines are counted in ``dropped``, a partly written batch is cut
-back so no torn line stays in the file, and writing is tried again with the next batch.
+Lines are collected in memory and written with one ``os.write`` per batch (``BATCH`` octets or a
+quarter of ``max_bytes``, whichever is less, or at each flush).  Before a batch would take the
+current file past ``max_bytes`` the files are rotated like logrotate: ``records.jsonl.(n-1)`` is
+removed, ``records.jsonl.i`` becomes ``.i+1``, ``records.jsonl`` becomes ``.1`` and a new
+``records.jsonl`` is started, so at most ``files`` files of at most ``max_bytes`` each exist.
+Any OSError (ENOSPC, EDQUOT, EIO, a removed directory) drops the batch: its lines are counted in
+``dropped``, a partly written batch is cut back so no torn line stays in the file, and writing is
+tried again with the next batch.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class RecordWriter:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.files = files
+        self._batch = min(BATCH, max_bytes // 4)  # a batch always fits a fresh file
         self.written = 0
         self.dropped = 0
         self.rotations = 0
@@ -55,7 +57,7 @@ class RecordWriter:
         """Queue one line (ending in a newline); written at the next flush or when the batch is full."""
         self._lines.append(line)
         self._pending += len(line)
-        if self._pending >= BATCH:
+        if self._pending >= self._batch:
             self.flush()
 
     def flush(self) -> None:

@@ -88,3 +88,11 @@ def test_bad_bounds_are_refused(tmp_path: Path) -> None:
         RecordWriter(tmp_path / "r", max_bytes=10)
     with pytest.raises(ValueError):
         RecordWriter(tmp_path / "r", files=0)
+
+
+def test_small_bound_loses_nothing_without_explicit_flushes(tmp_path: Path) -> None:
+    w = RecordWriter(tmp_path / "records.jsonl", max_bytes=65536, files=2)
+    for i in range(3000):
+        w.write(line(i))
+    w.close()
+    assert w.dropped == 0 and w.written == 3000 and w.rotations > 0
