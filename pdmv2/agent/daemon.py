@@ -25,11 +25,13 @@ from ..core.errors import ConfigError, PdmError
 from ..core.flow import AddrType, PdmEngine
 from ..core.packetproc import Outcome, PacketProcessor, Verdict
 from ..core.policy import Policy, parse_policy
+from ..core.ratelimit import PrefixLimiter
 from ..keyfiles import KeySet, load_key_set
 from ..regstore import read_text
 from . import rules
 from .nfq import open_queue
 from .records import DEFAULT_FILES, DEFAULT_MAX_BYTES, RecordWriter
+from .reservation import NonceReservation
 
 __all__ = ["Agent", "AgentPaths", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME", "LOCK_NAME", "take_netns_lock"]
 
@@ -85,14 +87,35 @@ def _lock_holder() -> int | None:
     return None
 
 
+DEFAULT_RUN_DIR = Path("/run/pdmv2")
+DEFAULT_STATE_DIR = Path("/var/lib/pdmv2/agent")
+
+
+def wall_offset_ns() -> int:
+    """Wall clock minus the monotonic clock: the engine's key epochs follow the wall clock."""
+    return time.time_ns() - time.monotonic_ns()
+
+
 class AgentPaths:
     """Where one host's agent reads and writes."""
 
-    def __init__(self, config_dir: Path, run_dir: Path, policy: Path | None = None, keys: Path | None = None) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        run_dir: Path,
+        policy: Path | None = None,
+        keys: Path | None = None,
+        state: Path | None = None,
+    ) -> None:
         self.config_dir = Path(config_dir)
         self.run_dir = Path(run_dir)
         self.policy = policy or self.config_dir / "policy.yaml"
         self.keys = keys or self.config_dir / "keys"
+        # What must outlive a restart (the nonce reservation).  The default run directory is a
+        # tmpfs that a reboot empties, so the default agent keeps it under /var/lib.
+        if state is None:
+            state = DEFAULT_STATE_DIR if self.run_dir == DEFAULT_RUN_DIR else self.run_dir / "state"
+        self.state = Path(state)
 
     @property
     def socket(self) -> Path:
@@ -150,10 +173,20 @@ class Agent:
         self.records_files = records_files
         self.policy = self._load_policy()
         self.keyset: KeySet = load_key_set(paths.keys, now=time.time())
+        epoch_ns = self.policy.key_epoch_s * 1_000_000_000
+        self.reservation = NonceReservation(paths.state, epoch_ns)
         self.engine = PdmEngine(
-            keys=self.keyset.provider, rotate_after=self.policy.rotate_after, grace_ns=self.policy.grace_ms * 1_000_000
+            keys=self.keyset.provider,
+            rotate_after=self.policy.rotate_after,
+            grace_ns=self.policy.grace_ms * 1_000_000,
+            epoch_ns=epoch_ns,
+            wall_offset_ns=wall_offset_ns(),
+            reserve=self.reservation.reserve,
         )
-        self.proc = PacketProcessor(self.engine, self.policy)
+        # A new process knows nothing of what an earlier one sent or received (docs/protocol.md §8).
+        self.engine.restarted(time.monotonic_ns(), self.reservation.load())
+        limiter = PrefixLimiter(self.policy.crypto_per_prefix_per_s, self.policy.crypto_total_per_s)
+        self.proc = PacketProcessor(self.engine, self.policy, limiter)
         self.started = time.time()
         self.errors: Counter[str] = Counter()
         self._logs = _RateLimitedLog()
@@ -351,6 +384,10 @@ class Agent:
             except PdmError as exc:
                 log.error("reload refused, keeping the running settings: %s", exc)
                 return str(exc)
+            if policy.key_epoch_s != self.policy.key_epoch_s:
+                why = "key_epoch_s cannot change while the agent runs (restart it); nothing was reloaded"
+                log.error("reload refused: %s", why)
+                return why
             if len(self.keyset) and not len(keyset):
                 why = (
                     f"no usable key file in {self.paths.keys} while the agent has {len(self.keyset)}; "
@@ -454,7 +491,8 @@ class Agent:
         with self._lock:
             if self._records is not None:
                 self._records.flush()  # never raises: a full disk drops and counts records
-            self.engine.expire(time.monotonic_ns())
+            self.engine.wall_offset_ns = wall_offset_ns()
+            self.proc.expire(time.monotonic_ns())
         self._expire_keys(time.time())
 
     def _expire_keys(self, now: float) -> None:

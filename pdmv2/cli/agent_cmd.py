@@ -44,6 +44,12 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     a.add_argument("--policy", type=Path, help="policy file (default CONFIG/policy.yaml)")
     a.add_argument("--keys", type=Path, help="key directory (default CONFIG/keys)")
+    a.add_argument(
+        "--state",
+        type=Path,
+        help="directory kept across restarts and reboots: the nonce reservation "
+        "(default /var/lib/pdmv2/agent with the default --run, else RUN/state)",
+    )
     a.add_argument("--queue", type=int, default=7, help="NFQUEUE number (default 7)")
     a.add_argument(
         "--records-max-mb",
@@ -117,7 +123,7 @@ def _agent(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    paths = AgentPaths(args.config, args.run, args.policy, args.keys)
+    paths = AgentPaths(args.config, args.run, args.policy, args.keys, args.state)
     if args.check:
         agent = Agent(paths, queue=args.queue, install_rules=False)
         print(f"policy {paths.policy}: {len(agent.policy.rules)} rule(s), default {agent.policy.default.value}")

@@ -30,6 +30,7 @@ __all__ = [
     "insert_option",
     "reserve_option",
     "remove_option",
+    "kernel_discards",
     "IPV6_HEADER_LEN",
 ]
 
@@ -101,6 +102,11 @@ class PacketInfo:
     """The whole PDM option (Type and Length included), if any."""
     refuse: str | None
     """Why an option cannot be inserted (fragment, jumbogram, ipsec...), or None."""
+    not_for_us: str | None = None
+    """Why a PDM option present must not be read here (RFC 8200), or None: ``before routing
+    header`` (meant for the listed intermediate destinations), ``not first fragment`` (a header
+    repeated in every fragment is read once per datagram), or why the kernel will discard the
+    packet (``kernel discards: ...``)."""
 
 
 def padding(n: int) -> bytes:
@@ -154,6 +160,42 @@ def parse_dest_opts(data: bytes | memoryview, base: int = 0) -> tuple[int, int, 
     return data[0], length, options
 
 
+_MAX_PADDING = 7  # Linux drops an options header with more than 7 consecutive padding octets
+_MAX_OPTIONS = 8  # and with more options than net.ipv6.conf.*.max_dst_opts_number (default 8)
+
+
+def kernel_discards(data: bytes | memoryview, length: int) -> str | None:
+    """Why a receiving Linux kernel drops a packet with this (well-formed) options header, or None.
+
+    RFC 8200 §4.2: an unknown option whose action bits are not 00 discards the packet; Linux
+    also refuses padding longer than 7 octets, non-zero PadN data and more than 8 options.
+    An option read from such a packet would measure a packet nobody received.
+    """
+    pos, padding_run, count = 2, 0, 0
+    while pos < length:
+        otype = data[pos]
+        if otype == OptType.PAD1:
+            padding_run += 1
+            pos += 1
+        else:
+            end = pos + 2 + data[pos + 1]
+            if otype == OptType.PADN:
+                padding_run += end - pos
+                if any(data[pos + 2 : end]):
+                    return "PadN with non-zero data"
+            else:
+                padding_run = 0
+                count += 1
+                if otype != OptType.PDM and otype >> 6:
+                    return f"unknown option 0x{otype:02x} whose action is to discard"
+            pos = end
+        if padding_run > _MAX_PADDING:
+            return f"{padding_run} octets of padding in a row"
+    if count > _MAX_OPTIONS:
+        return f"{count} options"
+    return None
+
+
 def parse_packet(packet: bytes) -> PacketInfo:
     """Walk the Next Header chain of a raw IPv6 packet; DecodeError on anything malformed."""
     n = len(packet)
@@ -172,6 +214,7 @@ def parse_packet(packet: bytes) -> PacketInfo:
     dest_opts: int | None = None
     pdm_off: int | None = None
     pdm: bytes | None = None
+    not_for_us: str | None = None
     first = True
     while True:
         if nh in _EXT:
@@ -186,10 +229,16 @@ def parse_packet(packet: bytes) -> PacketInfo:
                     raise DecodeError("hdr_ext_len", pos + 1, "routing header runs past the packet")
                 nh, pos = packet[pos], pos + length
                 dest_opts = None
+                if pdm is not None and not_for_us is None:
+                    not_for_us = "before routing header"
             else:
-                next_nh, length, options = parse_dest_opts(memoryview(packet)[pos:], pos)
+                view = memoryview(packet)[pos:]
+                next_nh, length, options = parse_dest_opts(view, pos)
                 if nh == NextHeader.DSTOPTS:
                     dest_opts = pos
+                discard = kernel_discards(view, length)
+                if discard is not None:
+                    not_for_us = f"kernel discards: {discard}"
                 for o in options:
                     if o.type == OptType.PDM and pdm is None:
                         pdm_off = pos + o.offset
@@ -197,22 +246,47 @@ def parse_packet(packet: bytes) -> PacketInfo:
                 nh, pos = next_nh, pos + length
             first = False
             continue
-        if nh in (NextHeader.FRAGMENT, NextHeader.ESP, NextHeader.AH):
-            refuse = refuse or _REFUSED[NextHeader(nh)]
+        if nh == NextHeader.FRAGMENT:
+            refuse = refuse or "fragment"
+            if pos + 8 > n:
+                raise DecodeError("fragment", pos, "truncated header")
+            if (packet[pos + 2] << 8 | packet[pos + 3]) >> 3 == 0:
+                # The first fragment: the upper-layer header (and its ports) follows.
+                nh, pos = packet[pos], pos + 8
+                upper = True
+                break
+            if pdm is not None and not_for_us is None:
+                not_for_us = "not first fragment"
+            upper = False
             break
+        if nh in (NextHeader.ESP, NextHeader.AH):
+            refuse = refuse or _REFUSED[NextHeader(nh)]
+            upper = False
+            break
+        upper = True
         break
     sport = dport = 0
     icmp_type: int | None = None
-    if nh in (NextHeader.TCP, NextHeader.UDP) and refuse is None:
+    if nh in (NextHeader.TCP, NextHeader.UDP) and upper and refuse in (None, "fragment"):
         if pos + 4 > n:
             raise DecodeError("ports", pos, "upper-layer header truncated before its ports")
         sport, dport = struct.unpack_from(">HH", packet, pos)
-    elif nh == NextHeader.ICMPV6 and refuse is None:
+    elif nh == NextHeader.ICMPV6 and upper and refuse in (None, "fragment"):
         if pos + 1 > n:
             raise DecodeError("icmpv6_type", pos, "ICMPv6 header truncated")
         icmp_type = packet[pos]
     flow = FiveTuple(bytes(packet[8:24]), sport, bytes(packet[24:40]), dport, nh)
-    return PacketInfo(flow, nh, pos, icmp_type, dest_opts, pdm_off, pdm, refuse)
+    return PacketInfo(
+        flow=flow,
+        upper_proto=nh,
+        upper_offset=pos,
+        icmp_type=icmp_type,
+        dest_opts_offset=dest_opts,
+        pdm_offset=pdm_off,
+        pdm_option=pdm,
+        refuse=refuse,
+        not_for_us=not_for_us,
+    )
 
 
 def reserve_option(

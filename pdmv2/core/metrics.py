@@ -47,6 +47,8 @@ class PacketRecord:
     """DELTATLR, attoseconds."""
     delta_tls_as: int
     """DELTATLS, attoseconds."""
+    t_ns: int = 0
+    """When it was seen (any clock; used only to forget idle flows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +66,36 @@ class Measurement:
 
 
 class _FlowMemo:
-    __slots__ = ("by_psntp", "client", "echoed")
+    __slots__ = ("by_psntp", "client", "echoed", "last_ns")
 
     def __init__(self, client: FiveTuple) -> None:
         self.client = client  # oriented client -> server
         self.by_psntp: OrderedDict[tuple[bool, int], PacketRecord] = OrderedDict()
         self.echoed: set[tuple[bool, int]] = set()
+        self.last_ns = 0
 
 
 class MetricsTracker:
-    """Feed it every PDM packet of some flows, in the order seen; it returns measurements."""
+    """Feed it every PDM packet of some flows, in the order seen; it returns measurements.
 
-    def __init__(self, window: int = 256) -> None:
-        self._flows: dict[FiveTuple, _FlowMemo] = {}
+    Bounded: at most ``max_flows`` flows (least recently seen forgotten first), ``window``
+    packets per flow; :meth:`expire` forgets flows not seen since a time.
+    """
+
+    def __init__(self, window: int = 256, max_flows: int = 65536) -> None:
+        self._flows: OrderedDict[FiveTuple, _FlowMemo] = OrderedDict()
         self._window = window
+        self._max_flows = max_flows
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def expire(self, older_than_ns: int) -> int:
+        """Forget flows last seen before ``older_than_ns``; returns how many."""
+        old = [k for k, memo in self._flows.items() if memo.last_ns < older_than_ns]
+        for k in old:
+            del self._flows[k]
+        return len(old)
 
     @staticmethod
     def _key(flow: FiveTuple) -> FiveTuple:
@@ -90,6 +108,11 @@ class MetricsTracker:
         memo = self._flows.get(key)
         if memo is None:
             memo = self._flows[key] = _FlowMemo(rec.flow)
+            while len(self._flows) > self._max_flows:
+                self._flows.popitem(last=False)
+        else:
+            self._flows.move_to_end(key)
+        memo.last_ns = rec.t_ns
         from_client = rec.flow == memo.client
         out: list[Measurement] = []
         # Q: the other side's packet that this one echoes.

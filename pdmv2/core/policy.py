@@ -13,6 +13,9 @@ YAML, validated before the agent starts; every error names the file, the line an
     on_auth_failure: deliver           # deliver | drop (draft §7)
     mtu: 1500                          # packets that would exceed it go out without the option
     records: true                      # per-packet JSON lines in the run directory
+    key_epoch_s: 8                     # key epoch length; both ends must agree (docs/protocol.md §8)
+    crypto_per_prefix_per_s: 200       # key derivations / failed opens a peer /64 may cause per second
+    crypto_total_per_s: 2000           # the same for all peers together
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from .config import line_of, load_yaml
 from .errors import ConfigError
 from .flow import Mode
 from .prseq import PRSEQ_PERIOD
+from .ratelimit import DEFAULT_PER_PREFIX_PER_S, DEFAULT_TOTAL_PER_S
 
-__all__ = ["Policy", "Rule", "parse_policy", "DEFAULT_POLICY_TEXT"]
+__all__ = ["Policy", "Rule", "ModeTable", "parse_policy", "DEFAULT_POLICY_TEXT"]
 
 DEFAULT_POLICY_TEXT = """version: 1
 default: off
@@ -35,7 +39,20 @@ rules:
     mode: pdmv2-clear
 """
 
-_KEYS = {"version", "default", "rules", "rotate_after", "on_auth_failure", "mtu", "records", "grace_ms", "__line__"}
+_KEYS = {
+    "version",
+    "default",
+    "rules",
+    "rotate_after",
+    "on_auth_failure",
+    "mtu",
+    "records",
+    "grace_ms",
+    "key_epoch_s",
+    "crypto_per_prefix_per_s",
+    "crypto_total_per_s",
+    "__line__",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +65,7 @@ class Rule:
     """Option put into packets to it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Policy:
     """Everything the agent decides per packet."""
 
@@ -66,31 +83,52 @@ class Policy:
     """Write per-packet JSON lines."""
     grace_ms: int = 2000
     """How long the previous key of a peer stays usable after it rotates."""
+    key_epoch_s: int = 8
+    """Length of a key epoch in seconds (the Kri follows the wall clock); the same on every host."""
+    crypto_per_prefix_per_s: int = DEFAULT_PER_PREFIX_PER_S
+    """Expensive crypto work (new keys, failed opens) one peer /64 may cause per second."""
+    crypto_total_per_s: int = DEFAULT_TOTAL_PER_S
+    """The same for all peers together."""
 
     def __post_init__(self) -> None:
-        rules = sorted(self.rules, key=lambda r: r.prefix.prefixlen, reverse=True)
-        object.__setattr__(self, "rules", tuple(rules))
-        object.__setattr__(
-            self, "_nets", [(int(r.prefix.network_address), int(r.prefix.netmask), r.mode) for r in rules]
-        )
-        object.__setattr__(self, "_cache", {})
+        lengths = [r.prefix.prefixlen for r in self.rules]
+        if lengths != sorted(lengths, reverse=True):
+            raise ConfigError("policy", "rules", "must be ordered longest prefix first (parse_policy does it)")
 
     def mode_for(self, dst: bytes) -> Mode:
-        """Mode for a destination address (16 octets)."""
-        cache: dict[bytes, Mode] = self._cache  # type: ignore[attr-defined]
-        mode = cache.get(dst)
-        if mode is None:
-            value = int.from_bytes(dst, "big")
-            mode = next((m for net, mask, m in self._nets if value & mask == net), self.default)  # type: ignore[attr-defined]
-            if len(cache) > 65536:
-                cache.clear()
-            cache[dst] = mode
-        return mode
+        """Mode for a destination address (16 octets): the longest matching prefix, else the default."""
+        addr = ipaddress.IPv6Address(dst)
+        return next((r.mode for r in self.rules if addr in r.prefix), self.default)
 
     @property
     def max_option_size(self) -> int:
         """Largest option (with Type/Length) any rule can add."""
         return max([r.mode.option_size for r in self.rules] + [self.default.option_size])
+
+
+_CACHE_SIZE = 65536  # destinations remembered; cleared when full
+
+
+class ModeTable:
+    """Per-packet lookup of a policy's mode by destination: integer masks and a bounded cache."""
+
+    __slots__ = ("_cache", "_default", "_nets")
+
+    def __init__(self, policy: Policy) -> None:
+        self._nets = [(int(r.prefix.network_address), int(r.prefix.netmask), r.mode) for r in policy.rules]
+        self._default = policy.default
+        self._cache: dict[bytes, Mode] = {}
+
+    def mode_for(self, dst: bytes) -> Mode:
+        """Mode for a destination address (16 octets); the same answer as Policy.mode_for."""
+        mode = self._cache.get(dst)
+        if mode is None:
+            value = int.from_bytes(dst, "big")
+            mode = next((m for net, mask, m in self._nets if value & mask == net), self._default)
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[dst] = mode
+        return mode
 
 
 def _mode(value: Any, source: str, where: str) -> Mode:
@@ -149,11 +187,14 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     if not isinstance(records, bool):
         raise ConfigError(source, f"{line_of(doc)} records".strip(), "must be true or false")
     return Policy(
-        tuple(rules),
+        tuple(sorted(rules, key=lambda r: r.prefix.prefixlen, reverse=True)),
         _mode(doc.get("default", "off"), source, f"{line_of(doc)} default".strip()),
         _int(doc, "rotate_after", 1, PRSEQ_PERIOD, PRSEQ_PERIOD, source),
         on_fail,
         _int(doc, "mtu", 1280, 65535, 1500, source),
         records,
         _int(doc, "grace_ms", 0, 3_600_000, 2000, source),
+        _int(doc, "key_epoch_s", 1, 3600, 8, source),
+        _int(doc, "crypto_per_prefix_per_s", 1, 1_000_000, DEFAULT_PER_PREFIX_PER_S, source),
+        _int(doc, "crypto_total_per_s", 1, 10_000_000, DEFAULT_TOTAL_PER_S, source),
     )
