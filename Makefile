@@ -10,7 +10,8 @@ BIN        := $(VENV)/bin
 PY         := $(BIN)/python
 STAMP      := $(VENV)/.deps-installed
 APT_PKGS   := python3-venv python3-dev gcc libssl-dev mininet bridge-utils net-tools iproute2 iptables tcpdump tshark iperf3 \
-              libnetfilter-queue-dev openssh-server openssh-client iputils-ping curl
+              libnetfilter-queue-dev openssh-server openssh-client iputils-ping curl \
+              chromium chromium-driver
 PYTEST_ARGS ?=
 
 TOPO       ?= enterprise
@@ -18,7 +19,7 @@ HOST       ?= sc1
 SECONDARIES ?=
 LAB        := $(PY) -m lab
 
-.PHONY: help deps test test-unit lint bench demo demo-core lab-up lab-down lab-status lab-shell clean
+.PHONY: help deps test test-unit lint bench demo demo-core lab-up lab-down lab-status lab-shell lab-web clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +73,9 @@ lab-status: ## hosts, roles, addresses, agent status
 
 lab-shell: ## a shell in a lab host: make lab-shell HOST=sc1
 	$(LAB) shell $(HOST)
+
+lab-web: deps ## live read-only web view of the running lab on loopback: make lab-web [PORT=8470]
+	$(LAB) web $(if $(PORT),--port $(PORT))
 
 clean: ## remove the venv and caches (never touches the system)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -80,6 +80,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(keep=args.keep)
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    try:
+        from lab.web import server
+    except ImportError as exc:  # aiohttp comes with `make deps`
+        raise control.ControlError(f"the web view needs {exc.name or 'aiohttp'}: run `make deps`") from None
+    try:
+        return server.main(args)
+    except server.WebError as exc:
+        raise control.ControlError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab", description="The PDMv2 Mininet lab (root).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the teaching walkthrough on the default topology")
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     dm.set_defaults(func=cmd_demo)
+    wb = sub.add_parser("web", help="a live, read-only web view of the running lab, on loopback; prints its URL")
+    wb.add_argument("--port", type=int, default=8470, help="TCP port (default 8470; 0 picks a free one)")
+    wb.add_argument("--bind", default="::1", help="loopback address to listen on: ::1 (default) or 127.0.0.1")
+    wb.add_argument("--interval", type=float, default=1.0, help="seconds between updates to the page (0.2-1)")
+    wb.set_defaults(func=cmd_web)
     return p
 
 

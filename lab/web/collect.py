@@ -1,0 +1,259 @@
+"""What the web view shows, gathered from a running lab (an edge: it enters the lab's hosts).
+
+Three background threads, all read-only:
+
+* agents: ``pdmv2 stats --json`` inside every SC and SS (through lab.control), about once a second;
+* capture: tcpdump on the observer's interface (a router's, when the topology has no observer),
+  its pcap stream read as it comes, each packet decoded twice by ``LiveDecoder``;
+* keys: the secondary servers' key files, read from inside those hosts (``cat``), kept in memory
+  only (never written, never sent to the page), and given to the decoder.
+
+``snapshot()`` returns one JSON-able dict: topology graph, agents, flows, packets.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lab import control
+from lab.topology import Topology
+from lab.web.packets import LiveDecoder, keyring_from_texts
+from lab.web.topoview import graph
+from pdmv2.core.errors import ConfigError
+
+__all__ = ["Collector", "lab_topology", "agent_view", "COUNTERS", "KEY_FILES"]
+
+KEY_FILES = ("/etc/pdmv2/keys/server.json",)
+# What the page shows per agent: label -> the agent's counter names that add up to it.  A counter
+# the agent does not have (yet) reads 0; "counted" says whether any of its names was present.
+COUNTERS: dict[str, tuple[str, ...]] = {
+    "inserted": ("egress_inserted",),
+    "read": ("ingress_read",),
+    "auth_failures": ("ingress_auth_failed",),
+    "downgrades": ("ingress_downgrade", "ingress_downgraded", "downgrade"),
+    "replays": ("ingress_replay", "replay"),
+}
+
+
+def lab_topology(st: dict[str, Any]) -> Topology:
+    """The topology the running lab was built from (its daemon's --topo and --secondaries)."""
+    topo_arg, secondaries = None, None
+    try:
+        argv = Path(f"/proc/{int(st['daemon_pid'])}/cmdline").read_bytes().decode().split("\0")
+        for i, a in enumerate(argv[:-1]):
+            if a == "--topo":
+                topo_arg = argv[i + 1]
+            elif a == "--secondaries" and argv[i + 1].isdigit():
+                secondaries = int(argv[i + 1])
+    except (OSError, KeyError, ValueError):
+        pass
+    topo, _ = control.load_topology(topo_arg or str(st.get("topology", "enterprise")).split("-x")[0], secondaries)
+    return topo
+
+
+def agent_view(name: str, role: str, stats: dict[str, Any] | None, error: str = "") -> dict[str, Any]:
+    """One agent as the page shows it, from its ``pdmv2 stats --json`` (None: it did not answer)."""
+    view: dict[str, Any] = {"host": name, "role": role}
+    if stats is None:
+        view.update(status="down", detail=error or "the agent does not answer", counters={}, counted={})
+        return view
+    raw = stats.get("counters") or {}
+    counters, counted = {}, {}
+    for label, names in COUNTERS.items():
+        counters[label] = sum(int(v) for k, v in raw.items() if k in names)
+        counted[label] = any(k in raw for k in names) or label in ("inserted", "read", "auth_failures")
+    view.update(
+        status="up" if stats.get("keys") else "no keys",
+        detail="keys loaded" if stats.get("keys") else "running, waiting for its keys",
+        counters=counters,
+        counted=counted,
+        flows_tracked=stats.get("flows_tracked"),
+        uptime_s=stats.get("uptime_s"),
+        handling_us_p50=stats.get("handling_us_p50"),
+        agent_flows=[
+            {
+                "flow": f"[{f['src']}]:{f['sport']} > [{f['dst']}]:{f['dport']} {f['proto']}",
+                "server_delay_p50_ms": (f.get("server_delay") or {}).get("p50_ns", 0) / 1e6
+                if f.get("server_delay")
+                else None,
+                "rtt_p50_ms": (f.get("rtt") or {}).get("p50_ns", 0) / 1e6 if f.get("rtt") else None,
+            }
+            for f in stats.get("flows", [])[:20]
+        ],
+    )
+    return view
+
+
+class Collector:
+    """Background readers of one running lab; ``snapshot()`` is safe to call from any thread."""
+
+    def __init__(self, st: dict[str, Any], topo: Topology, *, poll_s: float = 1.0) -> None:
+        self.state = st
+        self.topo = topo
+        self.poll_s = poll_s
+        self.graph = graph(topo)
+        self.hosts = {name: control.LabHost(name, int(h["pid"])) for name, h in st["hosts"].items()}
+        self.secondaries = [n for n in topo.hosts if n.role in ("sc", "ss") and n.name in self.hosts]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._agents: dict[str, dict[str, Any]] = {
+            n.name: {"host": n.name, "role": n.role, "status": "?", "detail": "not polled yet", "counters": {}}
+            for n in self.secondaries
+        }
+        self._agents_at = 0.0
+        self._decoder = LiveDecoder(None)
+        self._keys_from: list[str] = []
+        self._key_texts: dict[str, str] = {}
+        self._capture_error = ""
+        self._tcpdump: subprocess.Popen[bytes] | None = None
+        self._lab_up = True
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the readers (agents, keys, capture)."""
+        for target in (self._poll_agents, self._poll_keys, self._capture):
+            t = threading.Thread(target=target, name=f"web-{target.__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop the readers and the capture process this collector started."""
+        self._stop.set()
+        proc = self._tcpdump
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for t in self._threads:
+            t.join(5)
+
+    # -- readers -----------------------------------------------------------------------------------
+
+    def _poll_one(self, name: str, role: str) -> dict[str, Any]:
+        try:
+            out = self.hosts[name].run(control.PDMV2, "stats", "--json", "--run", "/run/pdmv2", timeout=10)
+        except subprocess.TimeoutExpired:
+            return agent_view(name, role, None, "pdmv2 stats did not answer within 10 s")
+        if out.returncode != 0:
+            return agent_view(name, role, None, (out.stderr or out.stdout).strip()[-200:])
+        try:
+            return agent_view(name, role, json.loads(out.stdout))
+        except ValueError:
+            return agent_view(name, role, None, "pdmv2 stats printed no JSON")
+
+    def _poll_agents(self) -> None:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="web-agent") as pool:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                if control.running_lab() is None:
+                    with self._lock:
+                        self._lab_up = False
+                    self._stop.wait(self.poll_s)
+                    continue
+                views = list(pool.map(lambda n: self._poll_one(n.name, n.role), self.secondaries))
+                with self._lock:
+                    self._lab_up = True
+                    for v in views:
+                        self._agents[v["host"]] = v
+                    self._agents_at = time.time()
+                self._stop.wait(max(0.2, self.poll_s - (time.monotonic() - t0)))
+
+    def _poll_keys(self) -> None:
+        while not self._stop.is_set():
+            texts: dict[str, str] = {}
+            for n in self.secondaries:
+                if n.role != "ss":
+                    continue
+                for path in KEY_FILES:
+                    out = self.hosts[n.name].run("cat", path, timeout=10)
+                    if out.returncode == 0 and out.stdout.strip():
+                        texts[f"{n.name}:{path}"] = out.stdout
+            unique: dict[str, str] = {}
+            for name, text in texts.items():  # the SSs of one PS share their key file
+                if text not in unique.values():
+                    unique[name] = text
+            if unique != self._key_texts:
+                try:
+                    ring = keyring_from_texts(unique)
+                except ConfigError as exc:
+                    with self._lock:
+                        self._capture_error = f"key file unreadable: {exc}"
+                else:
+                    with self._lock:
+                        self._key_texts = unique
+                        self._keys_from = sorted({k.split(":")[0] for k in texts})
+                        self._decoder.set_keys(ring)
+            self._stop.wait(2.0 if not unique else 15.0)
+
+    def _capture(self) -> None:
+        from scapy.utils import RawPcapReader
+
+        cap = self.graph["capture"]
+        if cap is None or cap["host"] not in self.hosts:
+            with self._lock:
+                self._capture_error = "this topology has no observer and no router to capture on"
+            return
+        proc = self.hosts[cap["host"]].popen(
+            "tcpdump", "-i", cap["ifname"], "-U", "-n", "--immediate-mode", "-s", "512", "-w", "-", "ip6",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._tcpdump = proc
+        if self._stop.is_set():
+            proc.terminate()
+        try:
+            reader = RawPcapReader(proc.stdout)  # type: ignore[arg-type]  # a file object is accepted
+            for data, meta in reader:
+                ts = meta.sec + meta.usec / (1e9 if getattr(reader, "nano", False) else 1e6)
+                with self._lock:
+                    self._decoder.feed(bytes(data), reader.linktype, ts)
+                if self._stop.is_set():
+                    break
+        except Exception as exc:  # the stream ended or was cut: say so on the page
+            if not self._stop.is_set():
+                with self._lock:
+                    self._capture_error = f"capture stopped ({type(exc).__name__})"
+        if not self._stop.is_set():
+            with self._lock:
+                self._capture_error = self._capture_error or f"tcpdump on {cap['host']} exited"
+
+    # -- the page's data ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the page shows, now."""
+        now = time.time()
+        with self._lock:
+            packets = list(self._decoder.packets)[::-1]
+            return {
+                "now": now,
+                "lab": {
+                    "up": self._lab_up,
+                    "topology": self.topo.name,
+                    "started": self.state.get("started"),
+                },
+                "graph": self.graph,
+                "agents": [self._agents[n.name] for n in self.secondaries],
+                "agents_polled_s_ago": now - self._agents_at if self._agents_at else None,
+                "flows": self._decoder.flows(now),
+                "packets": packets,
+                "capture": {
+                    **(self.graph["capture"] or {}),
+                    "frames": self._decoder.frames,
+                    "options": self._decoder.options,
+                    "opened": self._decoder.opened,
+                    "keys_from": self._keys_from,
+                    "error": self._capture_error,
+                },
+            }
