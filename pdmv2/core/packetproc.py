@@ -96,7 +96,9 @@ class PacketProcessor:
         self.engine = engine
         self.policy = policy
         self._modes = ModeTable(policy)
-        self.limiter = limiter if limiter is not None else PrefixLimiter()
+        if limiter is None:
+            limiter = PrefixLimiter(policy.crypto_per_prefix_per_s, policy.crypto_total_per_s)
+        self.limiter = limiter
         self.counters: Counter[str] = Counter()
         self.metrics = MetricsTracker()
         self.flow_stats: OrderedDict[FiveTuple, FlowStats] = OrderedDict()
