@@ -8,14 +8,17 @@ NFQUEUE loop itself; key derivation, policy, reload and stats stay in Python
 
 from __future__ import annotations
 
+import importlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import AuthenticationError, ConfigError
+from ..core.errors import AuthenticationError, ConfigError, PdmError
 from ..core.flow import Mode
-from ..core.keys import FiveTuple, SessionKey
+from ..core.keyring import KeyProvider
+from ..core.keys import FiveTuple, SessionKey, session_key
+from ..core.policy import Policy
 
 __all__ = [
     "AVAILABLE",
@@ -32,10 +35,12 @@ __all__ = [
     "pack_tuple",
     "unpack_tuple",
     "iter_records",
+    "serve_requests",
+    "apply_policy",
 ]
 
 try:
-    from . import _datapath as _ext
+    _ext: Any = importlib.import_module("pdmv2.native._datapath")
 except ImportError as exc:  # not built: the agent falls back to the Python data path
     _ext = None
     AVAILABLE = False
@@ -44,7 +49,8 @@ else:
     AVAILABLE = True
     UNAVAILABLE_REASON = ""
 
-# Same order as the enum in _datapath.c; the first thirteen are pdmv2.core.packetproc.Outcome's values.
+# Same order as the enum in _datapath.c; names as pdmv2.core.packetproc.Outcome's values where it has them
+# (key_pending and reserve_pending: the packet passed unmeasured while Python answers a request).
 OUTCOMES = (
     "inserted",
     "off",
@@ -61,9 +67,9 @@ OUTCOMES = (
     "bad_option",
     "downgrade",
     "key_pending",
-    "kri_wait",
+    "key_wait",
     "reserve_pending",
-    "not_read",
+    "not_for_us",
 )
 MODE_CODES = {Mode.OFF: 0, Mode.PDM: 1, Mode.PDMV2_CLEAR: 2, Mode.PDMV2_ENCRYPTED: 3}
 MODES = {v: k for k, v in MODE_CODES.items()}
@@ -106,9 +112,27 @@ class NativeRecord:
 
 def iter_records(data: bytes) -> Iterator[NativeRecord]:
     """Decode what ``Datapath.drain`` returned."""
-    for t, kri, gp, sport, dport, psntp, psnlr, dtlr, dtls, d, mode, outc, proto, sl, ss, hg, hk, src, dst in (
-        _RECORD.iter_unpack(data)
-    ):
+    for (
+        t,
+        kri,
+        gp,
+        sport,
+        dport,
+        psntp,
+        psnlr,
+        dtlr,
+        dtls,
+        d,
+        mode,
+        outc,
+        proto,
+        sl,
+        ss,
+        hg,
+        hk,
+        src,
+        dst,
+    ) in _RECORD.iter_unpack(data):
         yield NativeRecord(
             t,
             "egress" if d == HOOK_EGRESS else "ingress",
@@ -174,3 +198,50 @@ class NativeCipher:
 def new_datapath(*, max_flows: int = 65536, key_slots: int = 16384, ring: int = 65536) -> Any:
     """A native Datapath (raises ConfigError naming the reason when the extension is not built)."""
     return _require().Datapath(max_flows=max_flows, key_slots=key_slots, ring=ring)
+
+
+def apply_policy(dp: Any, policy: Policy, *, epoch_ns: int | None = None, max_tries: int | None = None) -> None:
+    """Give the native path a policy: prefix rules (longest first), rotation, grace, MTU, failures."""
+    rules = [(r.prefix.network_address.packed, r.prefix.prefixlen, MODE_CODES[r.mode]) for r in policy.rules]
+    dp.set_policy(rules, MODE_CODES[policy.default])
+    settings: dict[str, Any] = {
+        "rotate_after": policy.rotate_after,
+        "grace_ns": policy.grace_ms * 1_000_000,
+        "mtu": policy.mtu,
+        "drop_on_auth_failure": policy.on_auth_failure == "drop",
+        "records": policy.records,
+    }
+    if epoch_ns is not None:
+        settings["epoch_ns"] = epoch_ns
+    if max_tries is not None:
+        settings["max_tries"] = max_tries
+    dp.configure(**settings)
+
+
+def serve_requests(dp: Any, keys: KeyProvider | None, reserve: Callable[[int], bool]) -> tuple[int, int]:
+    """Answer what the packet path asked for: derive and install keys, make reservations durable.
+
+    A key that cannot be derived (no secret covers the flow) is installed as "no key", so the
+    packet path counts ``no_key`` instead of asking again.  Returns (keys installed, reservations).
+    """
+    installed = reserved = 0
+    for kind, packed, kri, seal in dp.requests():
+        if kind == REQ_RESERVE:
+            if reserve(kri):
+                dp.set_floors(reserved=kri)
+                reserved += 1
+            continue
+        wire = unpack_tuple(packed)
+        local = wire if seal else wire.reversed()
+        aead = int(keys.suite.aead) if keys is not None else 1
+        try:
+            if keys is None:
+                raise PdmError("no keys loaded")
+            secret = keys.client_secret_for(local=local.src, remote=local.dst)
+            key = session_key(keys.suite, client_secret=secret, flow=wire, kri=kri)
+        except PdmError:
+            dp.install_key(packed, kri, aead, None, None, seal)
+            continue
+        dp.install_key(packed, kri, aead, key.key, key.base_nonce, seal)
+        installed += 1
+    return installed, reserved

@@ -62,6 +62,9 @@ enum { REQ_KEY = 1, REQ_RESERVE = 2 };
 #define NONE_NS INT64_MIN
 #define MAX_PKT (65535 + 64)
 #define REC_SIZE 96
+#define PROBE_SETS 1024
+#define RESERVE_AHEAD 15 /* flow.RESERVE_AHEAD */
+#define RESYNC_SPACE 48 /* 3 epochs x 32 rotations / 2 parities */
 
 /* ------------------------------------------------------------------------------------------ */
 /* AEAD                                                                                         */
@@ -303,10 +306,10 @@ static inline uint64_t tkey_hash(const tkey_t *k, uint64_t extra) {
 typedef struct {
     tkey_t key; /* local orientation: src = this host */
     uint32_t hnext, prev, next; /* 1-based indices, 0 = none */
-    uint8_t used, own_valid, other_valid, pad;
+    uint8_t used, own_valid, other_valid, prev_valid;
     int64_t last_recv, sent_before_recv, last_send, last_seen, other_rotated;
     uint16_t next_psntp, psnlr, pr_state, pr_used, pr_limit;
-    uint64_t own_kri, other_kri, sent, received;
+    uint64_t own_kri, other_kri, other_prev_kri, sent, received;
     uint64_t seen_kri[2];
     uint8_t seen_valid[2];
     uint64_t *seen[2]; /* 32768-bit bitmaps, allocated on first receive */
@@ -323,7 +326,7 @@ typedef struct {
 
 #define KEY_WAYS 4
 
-typedef struct { uint8_t kind, pad[7]; uint64_t kri; tkey_t key; } req_t;
+typedef struct { uint8_t kind, seal, pad[6]; uint64_t kri; tkey_t key; } req_t;
 #define REQ_RING 256
 
 typedef struct {
@@ -337,7 +340,11 @@ typedef struct {
     uint8_t (*rule_net)[16];
     int *rule_len, *rule_mode;
     /* epoch state */
-    uint64_t A, send_floor, recv_floor, reserved;
+    uint64_t A;
+    int64_t send_floor, recv_floor, reserved; /* -1: none, as in the Python engine */
+    /* resync cursors of flows with no state: 4-way sets, least recently used way replaced */
+    struct { tkey_t key; uint32_t cursor, stamp; uint8_t used; } probes[PROBE_SETS * 4];
+    uint32_t probe_stamp;
     uint32_t gp[2];
     /* random pool (u32 draws; Python refills, getrandom() when empty) */
     uint32_t *pool;
@@ -419,8 +426,8 @@ static void lru_touch(DatapathObject *d, uint32_t i) {
 static void flow_forget(DatapathObject *d, uint32_t i) {
     flow_t *f = F(d, i);
     /* design: the floors outlive the flow, so its (key, nonce) pairs and replays stay refused */
-    if (f->own_valid && f->own_kri > d->send_floor) d->send_floor = f->own_kri;
-    if (f->other_valid && f->other_kri > d->recv_floor) d->recv_floor = f->other_kri;
+    if (f->own_valid && (int64_t)f->own_kri > d->send_floor) d->send_floor = (int64_t)f->own_kri;
+    if (f->other_valid && (int64_t)f->other_kri > d->recv_floor) d->recv_floor = (int64_t)f->other_kri;
     uint32_t *pp = &d->buckets[tkey_hash(&f->key, 0) & (d->nbuckets - 1)];
     while (*pp && *pp != i) pp = &F(d, *pp)->hnext;
     if (*pp) *pp = f->hnext;
@@ -471,8 +478,8 @@ static int key_install(DatapathObject *d, const tkey_t *k, uint64_t kri, int aea
     if (!victim)
         for (int w = 0; w < KEY_WAYS; w++)
             if (!victim || !set[w].used || (victim->used && set[w].stamp < victim->stamp)) victim = &set[w];
-    aead_t a;
-    if (aead_init(&a, aead_id, key, base, seal) != 0) return -1;
+    aead_t a = {0};
+    if (key && aead_init(&a, aead_id, key, base, seal) != 0) return -1; /* key NULL: "no key" entry */
     aead_free(&victim->aead);
     victim->aead = a;
     victim->key = *k;
@@ -490,7 +497,7 @@ static void keys_clear(DatapathObject *d) {
     }
 }
 
-static void request(DatapathObject *d, int kind, const tkey_t *k, uint64_t kri) {
+static void request(DatapathObject *d, int kind, const tkey_t *k, uint64_t kri, int seal) {
     for (uint32_t n = 0; n < d->req_count; n++) { /* the ring is small: no duplicates */
         req_t *r = &d->reqs[(d->req_head + n) % REQ_RING];
         if (r->kind == kind && r->kri == kri && (kind == REQ_RESERVE || memcmp(r->key.b, k->b, 40) == 0)) return;
@@ -501,6 +508,7 @@ static void request(DatapathObject *d, int kind, const tkey_t *k, uint64_t kri) 
     }
     req_t *r = &d->reqs[(d->req_head + d->req_count) % REQ_RING];
     r->kind = (uint8_t)kind;
+    r->seal = (uint8_t)seal;
     r->kri = kri;
     if (k) r->key = *k; else memset(&r->key, 0, sizeof r->key);
     d->req_count++;
@@ -560,10 +568,12 @@ typedef struct {
     int not_read;        /* a PDM option this node must not read (RFC 8200 placement, discard) */
 } pinfo_t;
 
-/* Options header at p (len octets, bounds checked by the caller): 0 ok, -1 malformed.
- * *discard: the kernel would drop the packet (bad padding, unknown option with action != 00). */
-static int scan_opts(const uint8_t *p, int len, int *pdm_at, int *pdm_len, int *discard, int dst_hdr) {
-    int pos = 2, pad_run = 0;
+/* Options header at p (len octets, bounds checked by the caller): 0 ok, -1 malformed
+ * (doh.parse_dest_opts).  *discard: the receiving kernel drops the packet (doh.kernel_discards:
+ * more than 7 padding octets in a row, non-zero PadN, unknown option whose action is not 00,
+ * more than 8 options). */
+static int scan_opts(const uint8_t *p, int len, int *pdm_at, int *pdm_len, int *discard) {
+    int pos = 2, pad_run = 0, count = 0;
     *pdm_at = -1;
     *discard = 0;
     while (pos < len) {
@@ -578,25 +588,28 @@ static int scan_opts(const uint8_t *p, int len, int *pdm_at, int *pdm_len, int *
         if (end > len) return -1;
         if (t == 1) {
             pad_run += end - pos;
-            if (pad_run > 7) *discard = 1;
             for (int i = pos + 2; i < end; i++)
                 if (p[i]) *discard = 1;
         } else {
             pad_run = 0;
+            count++;
             if (t == OPT_PDM) {
                 if (*pdm_at < 0) {
                     *pdm_at = pos;
                     *pdm_len = end - pos;
                 }
-            } else if (dst_hdr && (t & 0xC0) != 0) {
+            } else if (t >> 6) {
                 *discard = 1;
             }
         }
+        if (pad_run > 7) *discard = 1;
         pos = end;
     }
+    if (count > 8) *discard = 1;
     return 0;
 }
 
+/* doh.parse_packet: the first PDM option of the chain, and whether RFC 8200 gives it to this node. */
 static void parse(const uint8_t *pkt, int n, pinfo_t *pi) {
     memset(pi, 0, sizeof *pi);
     pi->icmp_type = -1;
@@ -606,8 +619,7 @@ static void parse(const uint8_t *pkt, int n, pinfo_t *pi) {
     if (payload == 0 && n > 40) pi->refuse = "jumbogram";
     else if (40 + payload != n) return;
     uint8_t nh = pkt[6];
-    int pos = 40, first = 1, frag_later = 0;
-    int cand = -1, cand_len = 0, cand_bad = 0;
+    int pos = 40, first = 1, upper = 1, frag = 0;
     for (;;) {
         if (nh == 0 || nh == 60 || nh == 43) {
             if (nh == 0 && !first) return;
@@ -616,21 +628,16 @@ static void parse(const uint8_t *pkt, int n, pinfo_t *pi) {
             if (pos + len > n) return;
             if (nh == 43) {
                 if (!pi->refuse) pi->refuse = "routing header";
-                if (cand >= 0) pi->not_read = 1; /* a header before the Routing header is not ours */
-                cand = -1;
                 pi->dest_off = -1;
+                if (pi->pdm_off >= 0) pi->not_read = 1; /* meant for the intermediate destinations */
             } else {
                 int at, alen = 0, discard;
-                if (scan_opts(pkt + pos, len, &at, &alen, &discard, nh == 60) != 0) return;
-                if (at >= 0) pi->any_pdm = 1;
-                if (nh == 60) {
-                    pi->dest_off = pos;
-                    if (at >= 0) {
-                        if (cand >= 0) pi->not_read = 1;
-                        cand = pos + at;
-                        cand_len = alen;
-                        cand_bad = discard;
-                    }
+                if (scan_opts(pkt + pos, len, &at, &alen, &discard) != 0) return;
+                if (nh == 60) pi->dest_off = pos;
+                if (discard) pi->not_read = 1;
+                if (at >= 0 && pi->pdm_off < 0) {
+                    pi->pdm_off = pos + at;
+                    pi->pdm_len = alen;
                 }
             }
             nh = pkt[pos];
@@ -640,33 +647,34 @@ static void parse(const uint8_t *pkt, int n, pinfo_t *pi) {
         }
         if (nh == 44) {
             if (!pi->refuse) pi->refuse = "fragment";
+            frag = 1;
             if (pos + 8 > n) return;
-            int offset = ((pkt[pos + 2] << 8) | pkt[pos + 3]) >> 3;
-            if (offset != 0) frag_later = 1;
+            if ((((pkt[pos + 2] << 8) | pkt[pos + 3]) >> 3) == 0) { /* first fragment: the upper layer follows */
+                nh = pkt[pos];
+                pos += 8;
+                break;
+            }
+            if (pi->pdm_off >= 0) pi->not_read = 1; /* read once per datagram */
+            upper = 0;
             break;
         }
         if (nh == 50 || nh == 51) {
             if (!pi->refuse) pi->refuse = "ipsec";
-            break;
+            upper = 0;
         }
         break;
     }
+    pi->any_pdm = pi->pdm_off >= 0;
     pi->proto = nh;
     pi->upper_off = pos;
-    if ((nh == 6 || nh == 17) && !pi->refuse) {
+    int ports_ok = upper && (!pi->refuse || (frag && strcmp(pi->refuse, "fragment") == 0));
+    if ((nh == 6 || nh == 17) && ports_ok) {
         if (pos + 4 > n) return;
         pi->sport = (pkt[pos] << 8) | pkt[pos + 1];
         pi->dport = (pkt[pos + 2] << 8) | pkt[pos + 3];
-    } else if (nh == 58 && !pi->refuse) {
+    } else if (nh == 58 && ports_ok) {
         if (pos + 1 > n) return;
         pi->icmp_type = pkt[pos];
-    }
-    if (cand >= 0) {
-        if (cand_bad || frag_later) pi->not_read = 1;
-        else {
-            pi->pdm_off = cand;
-            pi->pdm_len = cand_len;
-        }
     }
     pi->ok = 1;
 }
@@ -839,7 +847,6 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
     tkey_t k;
     tkey_make(&k, pkt + 8, pi.sport, pkt + 24, pi.dport, pi.proto);
     if (now < 0) now = mono_ns();
-    advance_epoch(d, now);
     uint32_t fi = flow_find(d, &k);
     flow_t *f = fi ? F(d, fi) : NULL;
 
@@ -847,29 +854,33 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
     uint64_t kri = 0;
     int fresh = 0;
     keyent_t *ke = NULL;
-    if (mode != MODE_PDM) {
-        if (!f || !f->own_valid || d->A > (f->own_kri >> 16)) {
+    if (mode != MODE_PDM) { /* PdmEngine._next_own_kri */
+        advance_epoch(d, now);
+        if (!f || !f->own_valid || (f->own_kri >> 16) < d->A) {
             kri = (uint64_t)d->A << 16;
-            if (d->send_floor + 1 > kri) kri = d->send_floor + 1;
-            if ((kri >> 16) != d->A) return O_KRI_WAIT;
+            if ((int64_t)kri <= d->send_floor) {
+                kri = (uint64_t)d->send_floor + 1;
+                if ((kri >> 16) != d->A) return O_KRI_WAIT;
+            }
             fresh = 1;
         } else if (f->pr_used >= f->pr_limit) {
-            if ((f->own_kri & 0xFFFF) == 0xFFFF) return O_KRI_WAIT;
             kri = f->own_kri + 1;
+            if ((kri >> 16) != d->A) return O_KRI_WAIT;
             fresh = 1;
         } else {
             kri = f->own_kri;
         }
-        if (kri > d->reserved) {
-            request(d, REQ_RESERVE, NULL, kri);
+        if (fresh && (int64_t)kri > d->reserved) {
+            request(d, REQ_RESERVE, NULL, kri + RESERVE_AHEAD, 1);
             return O_RESERVE_PENDING;
         }
         if (mode == MODE_ENC) {
             ke = key_find(d, &k, kri);
             if (!ke) {
-                request(d, REQ_KEY, &k, kri);
+                request(d, REQ_KEY, &k, kri, 1);
                 return O_KEY_PENDING;
             }
+            if (!ke->aead.ctx) return O_NO_KEY;
         }
     }
     /* commit */
@@ -882,10 +893,8 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
     } else {
         lru_touch(d, fi);
     }
-    if (fresh) {
-        if (f->own_valid) { /* the first Kri of a new flow keeps the PRSEQ drawn with it */
-            f->pr_state = (uint16_t)draw(d, 1, PRSEQ_PERIOD + 1);
-        }
+    if (fresh) { /* a new PRSEQ with every new Kri (also right after the one drawn with the state) */
+        f->pr_state = (uint16_t)draw(d, 1, PRSEQ_PERIOD + 1);
         f->pr_used = 0;
         f->pr_limit = (uint16_t)d->rotate_after;
         f->own_kri = kri;
@@ -940,15 +949,79 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
     return O_INSERTED;
 }
 
-static void bitmap_clear(flow_t *f, int slot) {
-    if (f->seen[slot]) memset(f->seen[slot], 0, 4096);
-    f->seen_valid[slot] = 0;
+static int seen_slot(flow_t *f, uint64_t kri) {
+    for (int s = 0; s < 2; s++)
+        if (f->seen_valid[s] && f->seen_kri[s] == kri && f->seen[s]) return s;
+    return -1;
 }
 
-static int bitmap_test(flow_t *f, uint64_t kri, uint16_t rn) {
-    int s = (int)(kri & 1);
-    if (!f || !f->seen_valid[s] || f->seen_kri[s] != kri || !f->seen[s]) return 0;
-    return (f->seen[s][rn >> 6] >> (rn & 63)) & 1;
+static uint32_t *probe_cursor(DatapathObject *d, const tkey_t *local, int create) {
+    uint32_t set = (uint32_t)(tkey_hash(local, 0x5052) % PROBE_SETS) * 4, victim = set;
+    for (uint32_t w = set; w < set + 4; w++) {
+        if (d->probes[w].used && memcmp(d->probes[w].key.b, local->b, 40) == 0) {
+            d->probes[w].stamp = ++d->probe_stamp;
+            return &d->probes[w].cursor;
+        }
+        if (!d->probes[w].used || (d->probes[victim].used && d->probes[w].stamp < d->probes[victim].stamp)) victim = w;
+    }
+    if (!create) return NULL;
+    d->probes[victim].key = *local;
+    d->probes[victim].cursor = 0;
+    d->probes[victim].used = 1;
+    d->probes[victim].stamp = ++d->probe_stamp;
+    return &d->probes[victim].cursor;
+}
+
+static void probe_drop(DatapathObject *d, const tkey_t *local) {
+    uint32_t set = (uint32_t)(tkey_hash(local, 0x5052) % PROBE_SETS) * 4;
+    for (uint32_t w = set; w < set + 4; w++)
+        if (d->probes[w].used && memcmp(d->probes[w].key.b, local->b, 40) == 0) d->probes[w].used = 0;
+}
+
+#define KRI(e, r) (((uint64_t)(e) << 16) | (uint64_t)(r))
+
+/* PdmEngine._candidates: at most max_tries Kris, best first; moves the resync cursor on. */
+static int candidates(DatapathObject *d, flow_t *f, const tkey_t *local, int fb, uint64_t *out, uint32_t *next_cursor) {
+    int64_t epoch = (int64_t)d->A;
+    int n = 0;
+    static const int deltas[3] = {0, -1, 1};
+    if (f && f->other_valid) {
+        uint64_t cur = f->other_kri;
+        if ((int)(cur & 1) == fb) {
+            out[n++] = cur;
+            out[n++] = cur + 2;
+        } else {
+            out[n++] = cur + 1;
+        }
+        if (f->prev_valid && (int)(f->other_prev_kri & 1) == fb) out[n++] = f->other_prev_kri;
+        int64_t last = (int64_t)(cur >> 16), es[3] = {last + 1, epoch, epoch + 1};
+        for (int i = 0; i < 3; i++) {
+            int dup = 0;
+            for (int j = 0; j < i; j++) dup |= es[j] == es[i];
+            if (!dup && es[i] > last) out[n++] = KRI(es[i], fb);
+        }
+    } else {
+        for (int i = 0; i < 3; i++)
+            if (epoch + deltas[i] >= 0) out[n++] = KRI(epoch + deltas[i], fb);
+    }
+    uint32_t *cp = f ? &f->cursor : probe_cursor(d, local, 0);
+    uint32_t cursor = cp ? *cp : 0, steps = 0;
+    while (n < d->max_tries && steps < RESYNC_SPACE) {
+        uint32_t i = (cursor + steps) % RESYNC_SPACE;
+        int64_t e = epoch + deltas[i % 3];
+        uint64_t k = KRI(e, (uint64_t)fb + 2 * (i / 3));
+        steps++;
+        int dup = 0;
+        for (int j = 0; j < n; j++) dup |= out[j] == k;
+        if (e >= 0 && !dup) out[n++] = k;
+    }
+    *next_cursor = (cursor + steps) % RESYNC_SPACE;
+    return n < d->max_tries ? n : d->max_tries;
+}
+
+static void set_cursor(DatapathObject *d, flow_t *f, const tkey_t *local, uint32_t cursor) {
+    if (f) f->cursor = cursor;
+    else *probe_cursor(d, local, 1) = cursor;
 }
 
 /* Ingress.  now: monotonic ns of arrival. */
@@ -957,19 +1030,25 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
     *drop = 0;
     parse(pkt, n, &pi);
     if (!pi.ok) return O_MALFORMED;
-    if (pi.not_read) d->c_not_read++;
-    if (pi.pdm_off < 0) return pi.not_read ? O_NOT_READ : O_NO_PDM;
+    if (pi.pdm_off < 0) return O_NO_PDM;
+    if (pi.not_read) {
+        d->c_not_read++;
+        return O_NOT_READ;
+    }
     const uint8_t *opt = pkt + pi.pdm_off;
     int olen = pi.pdm_len;
     tkey_t wire, local;
     tkey_make(&wire, pkt + 8, pi.sport, pkt + 24, pi.dport, pi.proto);
     tkey_reverse(&wire, &local);
-    int expect_enc = mode_for(d, pkt + 8) == MODE_ENC;
     int mode;
     uint8_t fields[14];
     uint64_t kri = 0;
     uint16_t rn = 0;
-    advance_epoch(d, now);
+    if (olen != 36 && mode_for(d, pkt + 8) == MODE_ENC) {
+        /* downgrade: policy expects this peer to encrypt; never touches state, records or metrics */
+        *drop = d->drop_on_auth_failure;
+        return O_DOWNGRADE;
+    }
     uint32_t fi = flow_find(d, &local);
     flow_t *f = fi ? F(d, fi) : NULL;
     if (olen == 36 && opt[1] == LEN_ENC && opt[2] == 0x20 && opt[3] == 0) {
@@ -977,78 +1056,54 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
         uint16_t rnf = be16(opt + 4);
         rn = rnf >> 1;
         int fb = rnf & 1;
-        uint64_t cand[8];
-        int nc = 0, budget = d->max_tries;
-        uint64_t A = d->A;
-        if (f && f->other_valid) {
-            uint64_t cur = f->other_kri;
-            if ((int)(cur & 1) == fb) cand[nc++] = cur;
-            else {
-                cand[nc++] = cur + 1;
-                if (cur >= 1 && f->other_rotated != NONE_NS && now - f->other_rotated <= d->grace_ns) cand[nc++] = cur - 1;
-            }
-            uint64_t e0 = (cur >> 16) + 1;
-            if (A >= 1 && e0 < A - 1) e0 = A - 1; /* at most 3: epoch(cur)+1 .. A+1, the newest */
-            for (uint64_t e = e0; e <= A + 1 && nc < 6; e++) cand[nc++] = (e << 16) | (uint64_t)fb;
-        } else {
-            cand[nc++] = (A << 16) | (uint64_t)fb;
-            if (A >= 1) cand[nc++] = ((A - 1) << 16) | (uint64_t)fb;
-            cand[nc++] = ((A + 1) << 16) | (uint64_t)fb;
-        }
-        if (nc > budget) nc = budget;
-        /* resync search with what is left, spread over packets (32 j values x 3 epochs) */
-        uint32_t cursor = f ? f->cursor : 0;
-        int extra = 0;
-        while (nc < budget && extra < budget) {
-            uint32_t c = (cursor + (uint32_t)extra) % 96;
-            uint64_t e = c / 32 == 0 ? A : c / 32 == 1 ? (A >= 1 ? A - 1 : A) : A + 1;
-            uint64_t kc = (e << 16) | (uint64_t)(fb + 2 * (c % 32));
-            int dup = 0;
-            for (int i = 0; i < nc; i++) dup |= cand[i] == kc;
-            if (!dup) cand[nc++] = kc;
-            extra++;
-        }
-        int missing = 0, opened = -1;
+        uint64_t cand[16];
+        advance_epoch(d, now);
+        uint32_t cursor;
+        int nc = candidates(d, f, &local, fb, cand, &cursor), opened = -1;
         for (int i = 0; i < nc; i++) {
             keyent_t *ke = key_find(d, &wire, cand[i]);
             if (!ke) {
-                request(d, REQ_KEY, &wire, cand[i]);
-                missing = 1;
-                continue;
+                /* the control plane derives it; this packet passes unmeasured (cursor unmoved) */
+                for (int j = i; j < nc; j++)
+                    if (!key_find(d, &wire, cand[j])) request(d, REQ_KEY, &wire, cand[j], 0);
+                return O_KEY_PENDING;
+            }
+            if (!ke->aead.ctx) {
+                set_cursor(d, f, &local, cursor);
+                return O_NO_KEY;
             }
             if (aead_open(&ke->aead, opt, rn, opt + 6, fields) == 0) {
                 opened = i;
                 break;
             }
         }
-        if (f && extra) f->cursor = (cursor + (uint32_t)extra) % 96;
+        set_cursor(d, f, &local, cursor);
         if (opened < 0) {
-            if (missing) return O_KEY_PENDING;
             *drop = d->drop_on_auth_failure;
             record(d, HOOK_INGRESS, mode, O_AUTH_FAILED, &wire, now, NULL, 0, 0, 0);
             return O_AUTH_FAILED;
         }
         kri = cand[opened];
-        int stale = 0;
-        if (f && f->other_valid) {
-            uint64_t cur = f->other_kri;
-            if (kri + 1 < cur) stale = 1;
-            else if (kri + 1 == cur && (f->other_rotated == NONE_NS || now - f->other_rotated > d->grace_ns)) stale = 1;
-        } else if (kri <= d->recv_floor) {
-            stale = 1;
+        int stale = 0; /* PdmEngine._check_fresh */
+        if (!f || !f->other_valid) {
+            stale = (int64_t)kri <= d->recv_floor;
+        } else if (kri < f->other_kri) {
+            stale = !f->prev_valid || kri != f->other_prev_kri || f->other_rotated == NONE_NS ||
+                    now - f->other_rotated > d->grace_ns;
         }
         if (stale) {
             *drop = d->drop_on_auth_failure;
             record(d, HOOK_INGRESS, mode, O_STALE_KEY, &wire, now, NULL, 0, 0, 0);
             return O_STALE_KEY;
         }
-        if (bitmap_test(f, kri, rn)) {
+        int s = f ? seen_slot(f, kri) : -1;
+        if (s >= 0 && ((f->seen[s][rn >> 6] >> (rn & 63)) & 1)) {
             *drop = d->drop_on_auth_failure;
             record(d, HOOK_INGRESS, mode, O_REPLAY, &wire, now, NULL, 0, 0, 0);
             return O_REPLAY;
         }
     } else {
-        /* RFC 8250 PDM or clear PDMv2 (or malformed: refused like decode_option does) */
+        /* RFC 8250 PDM or clear PDMv2 (or malformed: refused as decode_option does) */
         if (olen == 12 && opt[1] == LEN_PDM) {
             mode = MODE_PDM;
             fields[0] = opt[2]; fields[1] = opt[3]; memset(fields + 2, 0, 4);
@@ -1059,10 +1114,6 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
         } else {
             return O_BAD_OPTION;
         }
-        if (expect_enc) {
-            *drop = d->drop_on_auth_failure;
-            return O_DOWNGRADE;
-        }
     }
     /* commit */
     if (!f) {
@@ -1071,28 +1122,34 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
         f->next_psntp = (uint16_t)draw(d, 0, 1u << 16);
         f->pr_state = (uint16_t)draw(d, 1, PRSEQ_PERIOD + 1);
         f->pr_limit = (uint16_t)d->rotate_after;
+        probe_drop(d, &local);
     } else {
         lru_touch(d, fi);
     }
-    if (mode == MODE_ENC) {
+    if (mode == MODE_ENC) { /* PdmEngine._commit_kri */
         if (!f->other_valid || kri > f->other_kri) {
             if (f->other_valid) f->other_rotated = now;
-            else f->other_rotated = now;
+            f->prev_valid = f->other_valid;
+            f->other_prev_kri = f->other_kri;
             f->other_kri = kri;
             f->other_valid = 1;
             for (int s = 0; s < 2; s++)
-                if (f->seen_valid[s] && f->seen_kri[s] + 1 < kri) bitmap_clear(f, s);
+                if (f->seen_valid[s] && f->seen_kri[s] != kri && !(f->prev_valid && f->seen_kri[s] == f->other_prev_kri))
+                    f->seen_valid[s] = 0;
         }
-        int s = (int)(kri & 1);
-        if (!f->seen[s]) f->seen[s] = calloc(512, sizeof(uint64_t));
-        if (f->seen[s]) {
-            if (!f->seen_valid[s] || f->seen_kri[s] != kri) {
+        int s = seen_slot(f, kri);
+        if (s < 0) {
+            s = f->seen_valid[0] ? 1 : 0;
+            if (!f->seen[s]) f->seen[s] = malloc(4096);
+            if (f->seen[s]) {
                 memset(f->seen[s], 0, 4096);
                 f->seen_kri[s] = kri;
                 f->seen_valid[s] = 1;
+            } else {
+                s = -1;
             }
-            f->seen[s][rn >> 6] |= 1ULL << (rn & 63);
         }
+        if (s >= 0) f->seen[s][rn >> 6] |= 1ULL << (rn & 63);
     }
     f->psnlr = be16(fields + 6);
     f->sent_before_recv = f->last_send;
@@ -1131,14 +1188,14 @@ static int Datapath_init(DatapathObject *d, PyObject *args, PyObject *kw) {
     dp_free_tables(d);
     pthread_mutex_init(&d->mu, NULL);
     d->rotate_after = PRSEQ_PERIOD;
-    d->max_tries = 4;
+    d->max_tries = 6;
     d->mtu = 1500;
     d->grace_ns = 2000000000LL;
     d->idle_ns = 300000000000LL;
     d->epoch_ns = 8000000000LL;
     d->aead_id = AEAD_AES_128_GCM;
     d->default_mode = MODE_OFF;
-    d->reserved = UINT64_MAX;
+    d->send_floor = d->recv_floor = d->reserved = -1;
     d->notify_fd = -1;
     d->rec_on = 1;
     d->max_flows = max_flows;
@@ -1164,10 +1221,6 @@ static int Datapath_init(DatapathObject *d, PyObject *args, PyObject *kw) {
         d->flows[i - 1].hnext = d->free_head;
         d->free_head = i;
     }
-    if (getrandom(g_hash_key, sizeof g_hash_key, 0) != (ssize_t)sizeof g_hash_key) {
-        g_hash_key[0] = (uint64_t)mono_ns();
-        g_hash_key[1] = mix64(g_hash_key[0]);
-    }
     return 0;
 }
 
@@ -1189,7 +1242,7 @@ static PyObject *Datapath_configure(DatapathObject *d, PyObject *args, PyObject 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|iLLLiipp", kwlist, &rotate_after, &grace, &idle, &epoch, &max_tries,
                                      &mtu, &drop, &records))
         return NULL;
-    if (rotate_after < 1 || rotate_after > (int)PRSEQ_PERIOD || epoch <= 0 || max_tries < 1 || max_tries > 8 ||
+    if (rotate_after < 1 || rotate_after > (int)PRSEQ_PERIOD || epoch <= 0 || max_tries < 1 || max_tries > 9 ||
         mtu < 1280 || mtu > 65535 || grace < 0 || idle <= 0) {
         PyErr_SetString(PyExc_ValueError, "configure: a setting is out of range");
         return NULL;
@@ -1246,26 +1299,30 @@ static PyObject *Datapath_set_clock(DatapathObject *d, PyObject *args, PyObject 
 static PyObject *Datapath_set_floors(DatapathObject *d, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"send_floor", "recv_floor", "reserved", "epoch", NULL};
     PyObject *o[4] = {Py_None, Py_None, Py_None, Py_None};
-    uint64_t v[4] = {0};
+    long long v[4] = {0};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOO", kwlist, &o[0], &o[1], &o[2], &o[3])) return NULL;
     for (int i = 0; i < 4; i++)
         if (o[i] != Py_None) {
-            v[i] = PyLong_AsUnsignedLongLong(o[i]);
+            v[i] = PyLong_AsLongLong(o[i]);
             if (PyErr_Occurred()) return NULL;
+            if (v[i] < -1) {
+                PyErr_SetString(PyExc_ValueError, "set_floors: values are -1 (none) or more");
+                return NULL;
+            }
         }
     LOCK(d);
     if (o[0] != Py_None) d->send_floor = v[0];
     if (o[1] != Py_None) d->recv_floor = v[1];
     if (o[2] != Py_None) d->reserved = v[2];
-    if (o[3] != Py_None && v[3] > d->A) d->A = v[3];
+    if (o[3] != Py_None && v[3] > (long long)d->A) d->A = (uint64_t)v[3];
     UNLOCK(d);
     Py_RETURN_NONE;
 }
 
 static PyObject *Datapath_floors(DatapathObject *d, PyObject *Py_UNUSED(a)) {
     LOCK(d);
-    PyObject *r = Py_BuildValue("{sKsKsKsK}", "send_floor", (unsigned long long)d->send_floor, "recv_floor",
-                                (unsigned long long)d->recv_floor, "reserved", (unsigned long long)d->reserved, "epoch",
+    PyObject *r = Py_BuildValue("{sLsLsLsK}", "send_floor", (long long)d->send_floor, "recv_floor",
+                                (long long)d->recv_floor, "reserved", (long long)d->reserved, "epoch",
                                 (unsigned long long)d->A);
     UNLOCK(d);
     return r;
@@ -1316,12 +1373,12 @@ static PyObject *Datapath_install_key(DatapathObject *d, PyObject *args) {
     PyObject *t;
     unsigned long long kri;
     int id, seal;
-    Py_buffer key, base;
-    if (!PyArg_ParseTuple(args, "SKiy*y*p", &t, &kri, &id, &key, &base, &seal)) return NULL;
+    Py_buffer key = {0}, base = {0};
+    if (!PyArg_ParseTuple(args, "SKiz*z*p", &t, &kri, &id, &key, &base, &seal)) return NULL;
     tkey_t k;
     PyObject *res = NULL;
     if (parse_tkey(t, &k) == 0) {
-        if (!aead_cipher(id) || key.len != aead_keylen(id) || base.len != 12) {
+        if (!aead_cipher(id) || (key.buf && (key.len != aead_keylen(id) || !base.buf || base.len != 12))) {
             PyErr_SetString(PyExc_ValueError, "install_key: wrong AEAD id or key/nonce length");
         } else {
             LOCK(d);
@@ -1344,7 +1401,7 @@ static PyObject *Datapath_clear_keys(DatapathObject *d, PyObject *Py_UNUSED(a)) 
     Py_RETURN_NONE;
 }
 
-/* requests() -> [(kind, wire_tuple37 or None, kri)] and empties the ring */
+/* requests() -> [(kind, wire_tuple37 or None, kri, seal)] and empties the ring */
 static PyObject *Datapath_requests(DatapathObject *d, PyObject *Py_UNUSED(a)) {
     req_t got[REQ_RING];
     uint32_t n;
@@ -1358,9 +1415,9 @@ static PyObject *Datapath_requests(DatapathObject *d, PyObject *Py_UNUSED(a)) {
     if (!list) return NULL;
     for (uint32_t i = 0; i < n; i++) {
         PyObject *item = got[i].kind == REQ_KEY
-                             ? Py_BuildValue("(iy#K)", got[i].kind, (char *)got[i].key.b, (Py_ssize_t)37,
-                                             (unsigned long long)got[i].kri)
-                             : Py_BuildValue("(iOK)", got[i].kind, Py_None, (unsigned long long)got[i].kri);
+                             ? Py_BuildValue("(iy#KO)", got[i].kind, (char *)got[i].key.b, (Py_ssize_t)37,
+                                             (unsigned long long)got[i].kri, got[i].seal ? Py_True : Py_False)
+                             : Py_BuildValue("(iOKO)", got[i].kind, Py_None, (unsigned long long)got[i].kri, Py_True);
         if (!item) { Py_DECREF(list); return NULL; }
         PyList_SET_ITEM(list, i, item);
     }
@@ -1404,10 +1461,11 @@ static PyObject *flow_dict(DatapathObject *d, flow_t *f) {
 #undef NS
     PyObject *own = f->own_valid ? PyLong_FromUnsignedLongLong(f->own_kri) : Py_NewRef(none);
     PyObject *oth = f->other_valid ? PyLong_FromUnsignedLongLong(f->other_kri) : Py_NewRef(none);
+    PyObject *prev = f->prev_valid ? PyLong_FromUnsignedLongLong(f->other_prev_kri) : Py_NewRef(none);
     PyObject *r = Py_BuildValue(
-        "{sy#sIsIsNsNsNsLsNsNsIsIsNsKsK}", "flow", (char *)f->key.b, (Py_ssize_t)37, "next_psntp",
+        "{sy#sIsIsNsNsNsLsNsNsNsIsIsIsNsKsK}", "flow", (char *)f->key.b, (Py_ssize_t)37, "next_psntp",
         (unsigned)f->next_psntp, "psnlr", (unsigned)f->psnlr, "last_recv_ns", lr, "sent_before_recv_ns", sb,
-        "last_send_ns", ls, "last_seen_ns", (long long)f->last_seen, "own_kri", own, "other_kri", oth, "prseq_state",
+        "last_send_ns", ls, "last_seen_ns", (long long)f->last_seen, "own_kri", own, "other_kri", oth, "other_prev_kri", prev, "probe", (unsigned)f->cursor, "prseq_state",
         (unsigned)f->pr_state, "prseq_used", (unsigned)f->pr_used, "other_rotated_ns", orot, "sent",
         (unsigned long long)f->sent, "received", (unsigned long long)f->received);
     (void)d;
@@ -1435,8 +1493,8 @@ static PyObject *Datapath_seen(DatapathObject *d, PyObject *args) {
     LOCK(d);
     uint32_t i = flow_find(d, &k);
     PyObject *r;
-    int s = (int)(kri & 1);
-    if (!i || !F(d, i)->seen_valid[s] || F(d, i)->seen_kri[s] != kri || !F(d, i)->seen[s]) {
+    int s = i ? seen_slot(F(d, i), kri) : -1;
+    if (s < 0) {
         r = Py_NewRef(Py_None);
     } else {
         r = PyList_New(0);
@@ -1692,6 +1750,11 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_datapath", "PDMv2 n
 
 PyMODINIT_FUNC PyInit__datapath(void) {
     if (PyType_Ready(&CipherType) < 0 || PyType_Ready(&DatapathType) < 0) return NULL;
+    /* keyed hashes (spoofed flows cannot aim at one bucket); one key for the process */
+    if (getrandom(g_hash_key, sizeof g_hash_key, 0) != (ssize_t)sizeof g_hash_key) {
+        g_hash_key[0] = (uint64_t)mono_ns();
+        g_hash_key[1] = mix64(g_hash_key[0]);
+    }
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     Py_INCREF(&CipherType);
