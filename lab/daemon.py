@@ -116,10 +116,10 @@ class LabDaemon:
         self.net = net
         switches = {}
         for i, n in enumerate(self.topo.nodes, start=1):
-            if n.role == "switch":
+            if n.kind == "bridge":
                 switches[n.name] = net.addSwitch(f"pdm{n.name}", cls=LinuxBridge, dpid=f"{i:016x}", stp=False)
             else:
-                cls = PdmRouter if n.role == "router" else PdmHost
+                cls = PdmRouter if n.kind == "router" else PdmHost
                 self.hosts[n.name] = net.addHost(n.name, cls=cls, ip=None, privateDirs=PRIVATE_DIRS, pdm_node=n)
         for link in self.topo.links:
             ends = []
@@ -137,7 +137,7 @@ class LabDaemon:
         for name, h in self.hosts.items():
             self.state["hosts"][name] = {
                 "pid": h.pid,
-                "role": self.topo.node(name).role,
+                "role": self.topo.node(name).role or self.topo.node(name).kind,
                 "addresses": [str(a.ip) for a in self.topo.node(name).addresses],
                 "netns_inode": os.stat(f"/proc/{h.pid}/ns/net").st_ino,
                 "procs": [],

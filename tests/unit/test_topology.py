@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
-from lab.topology import check_root_routes, parse_topology, scaled
+from lab.topology import SCHEMA_FILE, check_root_routes, parse_topology, scaled
 from pdmv2 import ConfigError
 
 TOPO = Path(__file__).resolve().parent.parent.parent / "topologies"
 ENTERPRISE = (TOPO / "enterprise.yaml").read_text()
+TWO_ORGS = (TOPO / "two-orgs.yaml").read_text()
 
 
-@pytest.mark.parametrize("name", ["minimal", "enterprise"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in TOPO.glob("*.yaml")))
 def test_shipped_topologies_validate(name: str) -> None:
     topo = parse_topology((TOPO / f"{name}.yaml").read_text(), name)
     assert topo.by_role("pc") and topo.by_role("ps") and topo.by_role("sc") and topo.by_role("ss")
@@ -24,10 +27,46 @@ def test_shipped_topologies_validate(name: str) -> None:
 
 def test_enterprise_shape() -> None:
     t = parse_topology(ENTERPRISE, "enterprise")
-    assert len(t.by_role("sc")) == 3 and len(t.by_role("ss")) == 3 and len(t.by_role("router")) == 2
+    assert len(t.by_role("sc")) == 3 and len(t.by_role("ss")) == 3 and len(t.by_kind("router")) == 2
     assert t.by_role("observer")[0].name == "obs"
     assert [str(p) for p in t.site_prefixes("pc")] == ["2001:db8:1::/64"]
     assert [str(p) for p in t.site_prefixes("ps")] == ["2001:db8:2::/64"]
+
+
+def test_the_schema_file_is_a_valid_json_schema() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+
+
+def test_defaults_then_kind_then_node() -> None:
+    text = ENTERPRISE.replace(
+        "  nodes:\n",
+        '  kinds:\n    router:\n      routes: [{to: "2001:db8:77::/64", via: "2001:db8:ff::99"}]\n  nodes:\n',
+        1,
+    )
+    t = parse_topology(text, "k.yaml")
+    assert [str(r.to) for r in t.node("r1").routes] == ["2001:db8:2::/64"]  # the node's own routes win
+    no_own = text.replace('      routes: [{to: "2001:db8:2::/64", via: "2001:db8:ff::2"}]\n', "", 1)
+    assert [str(r.to) for r in parse_topology(no_own, "k.yaml").node("r1").routes] == ["2001:db8:77::/64"]
+    assert parse_topology(text, "k.yaml").node("sc1").kind == "host"  # from defaults
+    assert [str(r.to) for r in t.node("sc1").routes] == ["2001:db8::/32"]  # defaults' lab_route via the gateway
+
+
+def test_two_orgs_pairs_and_sites() -> None:
+    t = parse_topology(TWO_ORGS, "two-orgs.yaml")
+    assert [(pc.name, ps.name) for pc, ps in t.pairs()] == [("pca", "psa"), ("pcb", "psb")]
+    assert [n.name for n in t.secondaries_of("psb")] == ["ssb1", "ssb2"]
+    assert t.partner("psa").name == "pca" and t.partner("pcb").name == "psb"
+    assert [str(p) for p in t.site_prefixes("psb")] == ["2001:db8:b2::/64"]
+    with pytest.raises(ConfigError, match="one pc and one ps"):
+        scaled(t, 5)
+
+
+def test_one_ps_per_pc() -> None:
+    text = TWO_ORGS.replace("registers_with: psb", "registers_with: psa", 1)
+    with pytest.raises(ConfigError) as exc:
+        parse_topology(text, "two-orgs.yaml")
+    assert "topology.nodes.pcb.registers_with" in exc.value.field and "one PS per PC" in exc.value.reason
 
 
 def test_scaled_to_50() -> None:
@@ -39,53 +78,99 @@ def test_scaled_to_50() -> None:
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "where"),
+    ("old", "new", "where", "reason"),
     [
-        ("  sc2:\n    role: sc\n", "  sc2:\n    rol: sc\n", "nodes.sc2.rol"),
-        ("  sc2:\n    role: sc\n", "  sc2:\n    primary: pc\n    interfaces: {}\n", "nodes.sc2"),
-        ('"sc1:eth0", "lan1:p2"', '"sc9:eth0", "lan1:p2"', "links[1].endpoints"),
-        ('"2001:db8:1::12/64"', '"2001:db8:1::11/64"', "nodes.sc2.interfaces"),
+        ("    sc2:\n      role: sc\n", "    sc2:\n      rol: sc\n", "line 30 topology.nodes.sc2.rol", "unknown field"),
+        ("    sc2:\n      role: sc\n", "    sc2:\n", "topology.nodes.sc2.role", "a host needs role"),
+        ('"sc1:eth0", "lan1:p2"', '"sc9:eth0", "lan1:p2"', "links[1].endpoints", "unknown node 'sc9'"),
+        ('"sc1:eth0", "lan1:p2"', '"sc1-eth0", "lan1:p2"', "links[1].endpoints[0]", 'an endpoint is "node:interface"'),
+        ('"2001:db8:1::12/64"', '"2001:db8:1::11/64"', "topology.nodes.sc2.interfaces.eth0", "also on sc1"),
         (
-            '"2001:db8:1::13/64"]}}\n    routes: [{to: "2001:db8::/32", via: "2001:db8:1::1"}]',
-            '"2001:db8:1::13/64", "2001:db8:7::13/64"]}}\n    routes: [{to: "2001:db8::/32", via: "2001:db8:1::1"}]',
-            "nodes.sc3.interfaces.eth0",
+            '"2001:db8:1::13/64"]}}',
+            '"2001:db8:1::13/64", "2001:db8:7::13/64"]}}',
+            "topology.nodes.sc3.interfaces.eth0",
+            "outside the prefix of its link",
         ),
-        ('"2001:db8:ff::99/64"', '"fd00::99/64"', "nodes.obs.interfaces.eth0.addresses[0]"),
+        ('"2001:db8:ff::99/64"', '"fd00::99/64"', "topology.nodes.obs.interfaces.eth0.addresses[0]", "2001:db8::/32"),
         (
             '{to: "2001:db8:2::/64", via: "2001:db8:ff::2"}',
             '{to: "::/0", via: "2001:db8:ff::2"}',
-            "nodes.r1.routes[0].to",
+            "nodes.r1.routes[0]",
+            "outside",
         ),
-        ("schema: 1", "schema: 7", "schema"),
         (
-            '    primary: pc\n    interfaces: {eth0: {addresses: ["2001:db8:1::11/64"]}}',
-            '    primary: ps\n    interfaces: {eth0: {addresses: ["2001:db8:1::11/64"]}}',
-            "nodes.sc1.primary",
+            'gateway: "2001:db8:ff::2"',
+            'gateway: "2001:db8:5::2"',
+            "topology.nodes.obs.gateway",
+            "not on any of obs's subnets",
         ),
+        ("schema: 2", "schema: 7", "schema", "must be 2"),
+        ("schema: 2", "schema: 1", "schema", "schema 1 files are no longer read"),
+        ("      role: pc\n", "      role: router\n", "topology.nodes.pc.role", "is not one of pc | ps"),
+        ("    r1:\n      kind: router\n", "    r1:\n      kind: router\n      role: pc\n", "nodes.r1", "no role"),
+        ("    lan1: {kind: bridge}", "    lan1: {kind: switch}", "topology.nodes.lan1.kind", "host | router | bridge"),
+        (
+            "    lan1: {kind: bridge}",
+            "    lan1: {kind: bridge, role: sc}",
+            "topology.nodes.lan1",
+            "a bridge has no role",
+        ),
+        ("    lan1: {kind: bridge}", "    lanone1: {kind: bridge}", "topology.nodes.lanone1", "at most 6"),
+        ("    sc1:\n", "    a-b:\n", "topology.nodes.a-b", "identifiers of at most 10"),
+        (
+            '      primary: pc\n      interfaces: {eth0: {addresses: ["2001:db8:1::11/64"]}}',
+            '      primary: ps\n      interfaces: {eth0: {addresses: ["2001:db8:1::11/64"]}}',
+            "topology.nodes.sc1.primary",
+            "not a pc node",
+        ),
+        (
+            "      role: ps\n",
+            "      role: ps\n      primary: pc\n",
+            "topology.nodes.ps",
+            "only an sc or ss has a primary",
+        ),
+        ("      registers_with: ps\n", "", "topology.nodes.pc.registers_with", "a pc needs registers_with"),
+        ("      registers_with: ps\n", "      registers_with: obs\n", "topology.nodes.pc.registers_with", "not a ps"),
+        ('    lab_route: "2001:db8::/32"   #', "    #", "topology.nodes.pc.gateway", "needs lab_route"),
     ],
     ids=[
         "unknown-field",
         "missing-role",
         "unknown-node",
+        "endpoint-shape",
         "duplicate-address",
         "outside-prefix",
         "fd00",
         "route-out",
+        "gateway-off-link",
         "schema",
+        "schema-1",
+        "role-not-a-role",
+        "router-with-role",
+        "unknown-kind",
+        "bridge-with-role",
+        "bridge-name",
+        "node-name",
         "wrong-primary",
+        "primary-on-ps",
+        "pc-without-ps",
+        "pc-registers-with-observer",
+        "gateway-without-lab-route",
     ],
 )
-def test_broken_topologies_name_node_and_field(old: str, new: str, where: str) -> None:
+def test_broken_topologies_name_line_node_and_field(old: str, new: str, where: str, reason: str) -> None:
     assert old in ENTERPRISE
     with pytest.raises(ConfigError) as exc:
         parse_topology(ENTERPRISE.replace(old, new, 1), "broken.yaml")
     assert where in exc.value.field, exc.value
+    assert reason in exc.value.reason, exc.value
     assert exc.value.source == "broken.yaml"
+    assert exc.value.field.startswith("line ") or exc.value.field == "schema", exc.value
 
 
 def test_broken_yaml_names_the_line() -> None:
     with pytest.raises(ConfigError) as exc:
-        parse_topology("schema: 1\nnodes: [\n", "x.yaml")
+        parse_topology("schema: 2\nnodes: [\n", "x.yaml")
     assert exc.value.field.startswith("line")
 
 
