@@ -29,6 +29,7 @@ __all__ = [
     "HOOK_EGRESS",
     "REQ_KEY",
     "REQ_RESERVE",
+    "REQ_RX_EPOCH",
     "NativeRecord",
     "NativeCipher",
     "new_datapath",
@@ -74,7 +75,7 @@ OUTCOMES = (
 MODE_CODES = {Mode.OFF: 0, Mode.PDM: 1, Mode.PDMV2_CLEAR: 2, Mode.PDMV2_ENCRYPTED: 3}
 MODES = {v: k for k, v in MODE_CODES.items()}
 HOOK_INGRESS, HOOK_EGRESS = 0, 1
-REQ_KEY, REQ_RESERVE = 1, 2
+REQ_KEY, REQ_RESERVE, REQ_RX_EPOCH = 1, 2, 3
 _AEAD_IDS = (1, 2, 3)
 
 # The record layout of _datapath.c (rec_t), little-endian, 96 octets.
@@ -218,11 +219,21 @@ def apply_policy(dp: Any, policy: Policy, *, epoch_ns: int | None = None, max_tr
     dp.configure(**settings)
 
 
-def serve_requests(dp: Any, keys: KeyProvider | None, reserve: Callable[[int], bool]) -> tuple[int, int]:
+def serve_requests(
+    dp: Any,
+    keys: KeyProvider | None,
+    reserve: Callable[[int], bool],
+    allow: Callable[[FiveTuple, bool], bool] | None = None,
+    record_rx: Callable[[int], bool] | None = None,
+) -> tuple[int, int]:
     """Answer what the packet path asked for: derive and install keys, make reservations durable.
 
     A key that cannot be derived (no secret covers the flow) is installed as "no key", so the
-    packet path counts ``no_key`` instead of asking again.  Returns (keys installed, reservations).
+    packet path counts ``no_key`` instead of asking again.  ``allow(wire, seal)`` may refuse a
+    derivation (budget): the packet path asks again with a later packet.  A reservation (or a
+    received key epoch, ``record_rx``) that cannot be made durable is not given: the packet path
+    does without the option meanwhile.
+    Returns (keys installed, reservations made).
     """
     installed = reserved = 0
     for kind, packed, kri, seal in dp.requests():
@@ -231,7 +242,14 @@ def serve_requests(dp: Any, keys: KeyProvider | None, reserve: Callable[[int], b
                 dp.set_floors(reserved=kri)
                 reserved += 1
             continue
+        if kind == REQ_RX_EPOCH:  # here "kri" is a key epoch received
+            if record_rx is None or record_rx(kri):
+                dp.set_floors(rx_recorded=kri)
+                reserved += 1
+            continue
         wire = unpack_tuple(packed)
+        if allow is not None and not allow(wire, seal):
+            continue
         local = wire if seal else wire.reversed()
         aead = int(keys.suite.aead) if keys is not None else 1
         try:

@@ -52,7 +52,7 @@ enum {
     O_KRI_WAIT, O_RESERVE_PENDING, O_NOT_READ, O_COUNT
 };
 
-enum { REQ_KEY = 1, REQ_RESERVE = 2 };
+enum { REQ_KEY = 1, REQ_RESERVE = 2, REQ_RX_EPOCH = 3 };
 
 #define OPT_PDM 0x0F
 #define LEN_PDM 10
@@ -330,6 +330,14 @@ typedef struct { uint8_t kind, seal, pad[6]; uint64_t kri; tkey_t key; } req_t;
 #define REQ_RING 256
 
 typedef struct {
+    struct DatapathObject *d;
+    struct nfq_q_handle *qh;
+    uint32_t pending_id;  /* highest id waiting for a batch accept, 0 none */
+    int pending;
+    int64_t wall_to_mono; /* monotonic = realtime - wall_offset */
+} loopctx_t;
+
+typedef struct DatapathObject {
     PyObject_HEAD
     pthread_mutex_t mu;
     /* config */
@@ -342,6 +350,7 @@ typedef struct {
     /* epoch state */
     uint64_t A;
     int64_t send_floor, recv_floor, reserved; /* -1: none, as in the Python engine */
+    int64_t rx_recorded; /* newest key epoch received that is durable (PdmEngine._rx_recorded) */
     /* resync cursors of flows with no state: 4-way sets, least recently used way replaced */
     struct { tkey_t key; uint32_t cursor, stamp; uint8_t used; } probes[PROBE_SETS * 4];
     uint32_t probe_stamp;
@@ -372,7 +381,8 @@ typedef struct {
     uint8_t out[MAX_PKT];
     int out_len;
     int64_t last_egress_flow; /* index+1 of the flow of the last egress with an option */
-    volatile int stop;
+    struct nfq_handle *nfq_h;
+    loopctx_t loop;
 } DatapathObject;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -500,7 +510,7 @@ static void keys_clear(DatapathObject *d) {
 static void request(DatapathObject *d, int kind, const tkey_t *k, uint64_t kri, int seal) {
     for (uint32_t n = 0; n < d->req_count; n++) { /* the ring is small: no duplicates */
         req_t *r = &d->reqs[(d->req_head + n) % REQ_RING];
-        if (r->kind == kind && r->kri == kri && (kind == REQ_RESERVE || memcmp(r->key.b, k->b, 40) == 0)) return;
+        if (r->kind == kind && r->kri == kri && (kind != REQ_KEY || memcmp(r->key.b, k->b, 40) == 0)) return;
     }
     if (d->req_count == REQ_RING) {
         d->c_req_dropped++;
@@ -1058,7 +1068,7 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
         int fb = rnf & 1;
         uint64_t cand[16];
         advance_epoch(d, now);
-        uint32_t cursor;
+        uint32_t cursor, *cp0 = f ? &f->cursor : probe_cursor(d, &local, 0), cursor0 = cp0 ? *cp0 : 0;
         int nc = candidates(d, f, &local, fb, cand, &cursor), opened = -1;
         for (int i = 0; i < nc; i++) {
             keyent_t *ke = key_find(d, &wire, cand[i]);
@@ -1101,6 +1111,12 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
             *drop = d->drop_on_auth_failure;
             record(d, HOOK_INGRESS, mode, O_REPLAY, &wire, now, NULL, 0, 0, 0);
             return O_REPLAY;
+        }
+        if ((int64_t)(kri >> 16) > d->rx_recorded) {
+            /* a restart must not accept this epoch again: Python makes it durable first */
+            request(d, REQ_RX_EPOCH, NULL, kri >> 16, 0);
+            set_cursor(d, f, &local, cursor0); /* asked again with the answer: same candidates */
+            return O_RESERVE_PENDING;
         }
     } else {
         /* RFC 8250 PDM or clear PDMv2 (or malformed: refused as decode_option does) */
@@ -1195,7 +1211,7 @@ static int Datapath_init(DatapathObject *d, PyObject *args, PyObject *kw) {
     d->epoch_ns = 8000000000LL;
     d->aead_id = AEAD_AES_128_GCM;
     d->default_mode = MODE_OFF;
-    d->send_floor = d->recv_floor = d->reserved = -1;
+    d->send_floor = d->recv_floor = d->reserved = d->rx_recorded = -1;
     d->notify_fd = -1;
     d->rec_on = 1;
     d->max_flows = max_flows;
@@ -1225,6 +1241,11 @@ static int Datapath_init(DatapathObject *d, PyObject *args, PyObject *kw) {
 }
 
 static void Datapath_dealloc(DatapathObject *d) {
+    if (d->nfq_h) {
+        nfq_destroy_queue(d->loop.qh);
+        nfq_close(d->nfq_h);
+        d->nfq_h = NULL;
+    }
     dp_free_tables(d);
     pthread_mutex_destroy(&d->mu);
     Py_TYPE(d)->tp_free((PyObject *)d);
@@ -1295,13 +1316,13 @@ static PyObject *Datapath_set_clock(DatapathObject *d, PyObject *args, PyObject 
     Py_RETURN_NONE;
 }
 
-/* set_floors(send_floor=None, recv_floor=None, reserved=None, epoch=None) */
+/* set_floors(send_floor=None, recv_floor=None, reserved=None, epoch=None, rx_recorded=None) */
 static PyObject *Datapath_set_floors(DatapathObject *d, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"send_floor", "recv_floor", "reserved", "epoch", NULL};
-    PyObject *o[4] = {Py_None, Py_None, Py_None, Py_None};
-    long long v[4] = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOO", kwlist, &o[0], &o[1], &o[2], &o[3])) return NULL;
-    for (int i = 0; i < 4; i++)
+    static char *kwlist[] = {"send_floor", "recv_floor", "reserved", "epoch", "rx_recorded", NULL};
+    PyObject *o[5] = {Py_None, Py_None, Py_None, Py_None, Py_None};
+    long long v[5] = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOO", kwlist, &o[0], &o[1], &o[2], &o[3], &o[4])) return NULL;
+    for (int i = 0; i < 5; i++)
         if (o[i] != Py_None) {
             v[i] = PyLong_AsLongLong(o[i]);
             if (PyErr_Occurred()) return NULL;
@@ -1315,15 +1336,16 @@ static PyObject *Datapath_set_floors(DatapathObject *d, PyObject *args, PyObject
     if (o[1] != Py_None) d->recv_floor = v[1];
     if (o[2] != Py_None) d->reserved = v[2];
     if (o[3] != Py_None && v[3] > (long long)d->A) d->A = (uint64_t)v[3];
+    if (o[4] != Py_None) d->rx_recorded = v[4];
     UNLOCK(d);
     Py_RETURN_NONE;
 }
 
 static PyObject *Datapath_floors(DatapathObject *d, PyObject *Py_UNUSED(a)) {
     LOCK(d);
-    PyObject *r = Py_BuildValue("{sLsLsLsK}", "send_floor", (long long)d->send_floor, "recv_floor",
+    PyObject *r = Py_BuildValue("{sLsLsLsKsL}", "send_floor", (long long)d->send_floor, "recv_floor",
                                 (long long)d->recv_floor, "reserved", (long long)d->reserved, "epoch",
-                                (unsigned long long)d->A);
+                                (unsigned long long)d->A, "rx_recorded", (long long)d->rx_recorded);
     UNLOCK(d);
     return r;
 }
@@ -1417,7 +1439,8 @@ static PyObject *Datapath_requests(DatapathObject *d, PyObject *Py_UNUSED(a)) {
         PyObject *item = got[i].kind == REQ_KEY
                              ? Py_BuildValue("(iy#KO)", got[i].kind, (char *)got[i].key.b, (Py_ssize_t)37,
                                              (unsigned long long)got[i].kri, got[i].seal ? Py_True : Py_False)
-                             : Py_BuildValue("(iOKO)", got[i].kind, Py_None, (unsigned long long)got[i].kri, Py_True);
+                             : Py_BuildValue("(iOKO)", got[i].kind, Py_None, (unsigned long long)got[i].kri,
+                                             got[i].seal ? Py_True : Py_False);
         if (!item) { Py_DECREF(list); return NULL; }
         PyList_SET_ITEM(list, i, item);
     }
@@ -1576,13 +1599,6 @@ static PyObject *Datapath_stats(DatapathObject *d, PyObject *Py_UNUSED(a)) {
 /* ------------------------------------------------------------------------------------------ */
 /* the NFQUEUE loop                                                                              */
 
-typedef struct {
-    DatapathObject *d;
-    struct nfq_q_handle *qh;
-    uint32_t pending_id;  /* highest id waiting for a batch accept, 0 none */
-    int pending;
-    int64_t wall_to_mono; /* monotonic = realtime - wall_offset */
-} loopctx_t;
 
 static void flush_batch(loopctx_t *c) {
     if (c->pending) {
@@ -1640,43 +1656,57 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_d
     return 0;
 }
 
-/* run_queue(queue, stop_fd, max_len=4096) -> None: serves until stop_fd is readable. */
-static PyObject *Datapath_run_queue(DatapathObject *d, PyObject *args) {
-    int queue, stop_fd;
+/* bind_queue(queue, max_len=4096): bind NFQUEUE `queue` (copy mode, fail-open, big receive buffer). */
+static PyObject *Datapath_bind_queue(DatapathObject *d, PyObject *args) {
+    int queue;
     unsigned int max_len = 4096;
-    if (!PyArg_ParseTuple(args, "ii|I", &queue, &stop_fd, &max_len)) return NULL;
+    if (!PyArg_ParseTuple(args, "i|I", &queue, &max_len)) return NULL;
+    if (d->nfq_h) {
+        PyErr_SetString(PyExc_RuntimeError, "a queue is bound already");
+        return NULL;
+    }
     struct nfq_handle *h = nfq_open();
     if (!h) {
         PyErr_SetString(PyExc_OSError, "nfq_open failed (root needed)");
         return NULL;
     }
-    loopctx_t c = {.d = d};
-    c.qh = nfq_create_queue(h, (uint16_t)queue, on_packet, &c);
-    if (!c.qh) {
+    d->loop.d = d;
+    d->loop.pending = 0;
+    struct nfq_q_handle *qh = nfq_create_queue(h, (uint16_t)queue, on_packet, &d->loop);
+    if (!qh) {
         nfq_close(h);
-        PyErr_Format(PyExc_OSError, "cannot bind NFQUEUE %d (in use, or root needed)", queue);
+        PyErr_Format(PyExc_OSError, "cannot bind NFQUEUE %d (in use by another process, or root needed)", queue);
         return NULL;
     }
-    if (nfq_set_mode(c.qh, NFQNL_COPY_PACKET, 0xFFFF) < 0) {
-        nfq_destroy_queue(c.qh);
+    if (nfq_set_mode(qh, NFQNL_COPY_PACKET, 0xFFFF) < 0 ||
+        nfq_set_queue_flags(qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN) < 0) {
+        nfq_destroy_queue(qh);
         nfq_close(h);
-        PyErr_SetString(PyExc_OSError, "nfq_set_mode failed");
+        PyErr_SetString(PyExc_OSError, "cannot configure the queue (copy mode, fail-open)");
         return NULL;
     }
-    nfq_set_queue_maxlen(c.qh, max_len);
-    if (nfq_set_queue_flags(c.qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN) < 0) {
-        nfq_destroy_queue(c.qh);
-        nfq_close(h);
-        PyErr_SetString(PyExc_OSError, "cannot set fail-open on the queue");
-        return NULL;
-    }
-    int fd = nfq_fd(h);
-    int rcvbuf = 4 << 20;
+    nfq_set_queue_maxlen(qh, max_len);
+    int fd = nfq_fd(h), rcvbuf = 4 << 20, one = 1;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf);
-    int one = 1;
     setsockopt(fd, SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof one);
-    static __thread uint8_t buf[MAX_PKT + 4096];
-    d->stop = 0;
+    d->loop.qh = qh;
+    d->nfq_h = h;
+    Py_RETURN_NONE;
+}
+
+/* serve(stop_fd): the packet loop, without the GIL, until stop_fd is readable. */
+static PyObject *Datapath_serve(DatapathObject *d, PyObject *args) {
+    int stop_fd;
+    if (!PyArg_ParseTuple(args, "i", &stop_fd)) return NULL;
+    if (!d->nfq_h) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_queue first");
+        return NULL;
+    }
+    struct nfq_handle *h = d->nfq_h;
+    loopctx_t *c = &d->loop;
+    int fd = nfq_fd(h);
+    uint8_t *buf = malloc(MAX_PKT + 4096);
+    if (!buf) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
     struct pollfd pf[2] = {{.fd = fd, .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
     for (;;) {
@@ -1689,17 +1719,27 @@ static PyObject *Datapath_run_queue(DatapathObject *d, PyObject *args) {
         if (!(pf[0].revents & POLLIN)) continue;
         pthread_mutex_lock(&d->mu);
         for (int burst = 0; burst < 256; burst++) {
-            ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-            if (r < 0) break; /* EAGAIN, or ENOBUFS (counted by the kernel) */
+            ssize_t r = recv(fd, buf, MAX_PKT + 4096, MSG_DONTWAIT);
+            if (r < 0) break; /* EAGAIN, or ENOBUFS */
             nfq_handle_packet(h, (char *)buf, (int)r);
-            if ((burst & 63) == 63) flush_batch(&c);
+            if ((burst & 63) == 63) flush_batch(c);
         }
-        flush_batch(&c);
+        flush_batch(c);
         pthread_mutex_unlock(&d->mu);
     }
     Py_END_ALLOW_THREADS
-    nfq_destroy_queue(c.qh);
-    nfq_close(h);
+    free(buf);
+    Py_RETURN_NONE;
+}
+
+/* unbind_queue(): after serve() returned. */
+static PyObject *Datapath_unbind_queue(DatapathObject *d, PyObject *Py_UNUSED(a)) {
+    if (d->nfq_h) {
+        nfq_destroy_queue(d->loop.qh);
+        nfq_close(d->nfq_h);
+        d->nfq_h = NULL;
+        d->loop.qh = NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1731,7 +1771,9 @@ static PyMethodDef Datapath_methods[] = {
     {"expire", (PyCFunction)Datapath_expire, METH_VARARGS, "expire(now_ns) -> flows forgotten"},
     {"drain", (PyCFunction)Datapath_drain, METH_VARARGS, "drain(max) -> records"},
     {"stats", (PyCFunction)Datapath_stats, METH_NOARGS, "counters"},
-    {"run_queue", (PyCFunction)Datapath_run_queue, METH_VARARGS, "run_queue(queue, stop_fd[, max_len])"},
+    {"bind_queue", (PyCFunction)Datapath_bind_queue, METH_VARARGS, "bind_queue(queue[, max_len])"},
+    {"serve", (PyCFunction)Datapath_serve, METH_VARARGS, "serve(stop_fd): the packet loop, GIL released"},
+    {"unbind_queue", (PyCFunction)Datapath_unbind_queue, METH_NOARGS, "unbind the queue"},
     {"set_notify_fd", (PyCFunction)Datapath_set_notify_fd, METH_VARARGS, "eventfd written on each request"},
     {NULL, NULL, 0, NULL}};
 

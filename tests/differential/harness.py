@@ -85,6 +85,7 @@ class Side:
             grace_ns=self.policy.grace_ms * MS,
             max_flows=max_flows,
             reserve=self._reserve,
+            **self._record_rx_kw(),
             **engine,
         )
         self.proc = PacketProcessor(self.engine, self.policy)
@@ -94,6 +95,15 @@ class Side:
         self.fed = 0
         self.sync_floors()
 
+    @staticmethod
+    def _record_rx_kw() -> dict[str, Any]:
+        """record_rx for engines that have it (issue 8: durable receive epochs)."""
+        import inspect
+
+        if "record_rx" in inspect.signature(PdmEngine).parameters:
+            return {"record_rx": lambda epoch: True}
+        return {}
+
     def _reserve(self, kri: int) -> bool:
         self.reservations.append(kri)
         return True
@@ -102,7 +112,9 @@ class Side:
         """Give the native path the engine's clock offset, floors and reservation (start/restart)."""
         e = self.engine
         self.dp.set_clock(wall_offset_ns=e.wall_offset_ns)
-        self.dp.set_floors(send_floor=e.send_floor, recv_floor=e.recv_floor, reserved=e.reserved)
+        # An engine without durable receive epochs: the native path's check is switched off.
+        rx = getattr(e, "_rx_recorded", 1 << 62)
+        self.dp.set_floors(send_floor=e.send_floor, recv_floor=e.recv_floor, reserved=e.reserved, rx_recorded=rx)
 
     def _top_up(self) -> None:
         room = 4096 - self.dp.stats()["pool"]
@@ -116,7 +128,7 @@ class Side:
             name = OUTCOMES[out]
             if name not in ("key_pending", "reserve_pending"):
                 return name, new, bool(drop)
-            serve_requests(self.dp, self.keys, self._native_reserve)
+            serve_requests(self.dp, self.keys, self._native_reserve, record_rx=self._native_reserve)
         raise AssertionError(f"native path still waiting after the control plane answered: {name}")
 
     def _native_reserve(self, kri: int) -> bool:
