@@ -60,6 +60,33 @@ def _address(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv6 address") from None
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in 0..1000000")
+    return value
+
+
+def _prefix_len(text: str) -> int:
+    value = _count(text)
+    if value > 128:
+        raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 prefix length is 0..128")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 and at most 3600 seconds")
+    return value
+
+
 def _load_identities(paths: list[Path]) -> dict[KemId, Identity]:
     ids = {}
     for path in paths:
@@ -101,7 +128,27 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="seconds the previous secret stays valid after re-registration (default 300)",
     )
     s.add_argument("--timeout", type=float, default=5.0, help="seconds for each message (default 5)")
-    s.add_argument("--max-clients", type=int, default=128, help="registrations served at once (default 128)")
+    s.add_argument(
+        "--max-clients", type=_count, default=128, help="registrations served at once (default 128; more: BUSY)"
+    )
+    s.add_argument(
+        "--max-per-source",
+        type=_count,
+        default=0,
+        help="connections one source may hold at once (default: half of --max-clients; more: BUSY)",
+    )
+    s.add_argument(
+        "--source-prefix",
+        type=_prefix_len,
+        default=64,
+        help="IPv6 prefix length that counts as one source (0..128, default 64; IPv4: one address)",
+    )
+    s.add_argument(
+        "--deadline",
+        type=_seconds,
+        default=10.0,
+        help="seconds for a whole registration, however slowly its bytes come (default 10)",
+    )
     s.add_argument("--ready-file", type=Path, help="write 'host port' here once listening")
     s.set_defaults(func=_primary_server)
 
@@ -172,13 +219,24 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _primary_server(args: argparse.Namespace) -> int:
+    if args.max_clients < 1:
+        raise ConfigError("command line", "--max-clients", "must be at least 1")
     identities = _load_identities(args.key)
 
     def load_allow() -> Any:
         return parse_allow_list(load_yaml(read_text(args.allow, "allow"), str(args.allow)), str(args.allow))
 
     config = ServerConfig(
-        identities, load_allow(), args.state, args.lifetime, args.overlap, args.timeout, args.max_clients
+        identities,
+        load_allow(),
+        args.state,
+        args.lifetime,
+        args.overlap,
+        args.timeout,
+        args.max_clients,
+        max_per_source=args.max_per_source,
+        source_prefix=args.source_prefix,
+        deadline=args.deadline,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -187,6 +245,7 @@ def _primary_server(args: argparse.Namespace) -> int:
         host, port = await server.start(args.listen, args.port)
         print(
             f"primary-server: listening on [{host}]:{port}, {len(config.allow.entries)} PC(s) allowed, "
+            f"at most {server.max_clients} at once and {config.per_source} per source, "
             f"keys: {', '.join(i.fingerprint for i in identities.values())}",
             flush=True,
         )
@@ -209,7 +268,12 @@ def _primary_server(args: argparse.Namespace) -> int:
         await stop.wait()
         task.cancel()
         await server.close()
-        print(f"primary-server: stopped ({server.stats['ok']} ok, {server.stats['failed']} failed)", flush=True)
+        st, lim = server.stats, server.limits
+        print(
+            f"primary-server: stopped ({st['ok']} ok, {st['failed']} failed, {st['busy']} busy, "
+            f"{lim['source_limited']} over the per-source limit, {lim['accept_errors']} accept errors)",
+            flush=True,
+        )
 
     try:
         asyncio.run(run())
