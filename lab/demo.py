@@ -197,6 +197,7 @@ def run(*, keep: bool = False) -> int:
         )
         plot = plot_delays(host_run("sc1", "cat", "/run/pdmv2/records.jsonl").stdout, OUT / "delays.png")
         print(f"    wrote {plot}")
+        print("    to watch a lab live in a browser: `make lab-up`, then `make lab-web` (docs/web.md)")
     finally:
         for p in procs:
             if p.poll() is None:

@@ -30,14 +30,14 @@ from pdmv2.core.errors import ConfigError
 __all__ = ["Collector", "lab_topology", "agent_view", "COUNTERS", "KEY_FILES"]
 
 KEY_FILES = ("/etc/pdmv2/keys/server.json",)
-# What the page shows per agent: label -> the agent's counter names that add up to it.  A counter
-# the agent does not have (yet) reads 0; "counted" says whether any of its names was present.
-COUNTERS: dict[str, tuple[str, ...]] = {
-    "inserted": ("egress_inserted",),
-    "read": ("ingress_read",),
-    "auth_failures": ("ingress_auth_failed",),
-    "downgrades": ("ingress_downgrade", "ingress_downgraded", "downgrade"),
-    "replays": ("ingress_replay", "replay"),
+# What the page shows per agent: label -> the agent's counter (pdmv2.core.packetproc.Outcome names).
+# The agent reports only counters that moved: one it does not report reads 0.
+COUNTERS: dict[str, str] = {
+    "inserted": "egress_inserted",
+    "read": "ingress_read",
+    "auth_failures": "ingress_auth_failed",
+    "downgrades": "ingress_downgrade",
+    "replays": "ingress_replay",
 }
 
 
@@ -61,18 +61,14 @@ def agent_view(name: str, role: str, stats: dict[str, Any] | None, error: str = 
     """One agent as the page shows it, from its ``pdmv2 stats --json`` (None: it did not answer)."""
     view: dict[str, Any] = {"host": name, "role": role}
     if stats is None:
-        view.update(status="down", detail=error or "the agent does not answer", counters={}, counted={})
+        view.update(status="down", detail=error or "the agent does not answer", counters={})
         return view
     raw = stats.get("counters") or {}
-    counters, counted = {}, {}
-    for label, names in COUNTERS.items():
-        counters[label] = sum(int(v) for k, v in raw.items() if k in names)
-        counted[label] = any(k in raw for k in names) or label in ("inserted", "read", "auth_failures")
+    counters = {label: int(raw.get(name, 0)) for label, name in COUNTERS.items()}
     view.update(
         status="up" if stats.get("keys") else "no keys",
         detail="keys loaded" if stats.get("keys") else "running, waiting for its keys",
         counters=counters,
-        counted=counted,
         flows_tracked=stats.get("flows_tracked"),
         uptime_s=stats.get("uptime_s"),
         handling_us_p50=stats.get("handling_us_p50"),

@@ -165,7 +165,7 @@ class LiveDecoder:
                     "count": len(pts),
                     "p50_ms": None if s is None else s.p50 / 1e6,
                     "last_ms": pts[-1][1] / 1e6 if pts else None,
-                    "points": [[round(t - now, 3), round(v / 1e6, 4)] for t, v in pts[-300:]],
+                    "points": [[round(t - now, 3), round(v / 1e6, 4)] for t, v in pts[:: -(-len(pts) // 300) or 1]],
                 }
                 recent = recent or bool(pts)
             if recent:

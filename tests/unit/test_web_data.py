@@ -15,7 +15,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from lab.control import load_topology
-from lab.web.collect import agent_view
+from lab.web.collect import COUNTERS, agent_view
 from lab.web.packets import LiveDecoder, keyring_from_texts
 from lab.web.server import STATIC, make_app
 from lab.web.topoview import MAX_SHOWN, graph
@@ -182,12 +182,19 @@ def test_agent_view_counters_with_missing_ones_as_zero() -> None:
     v = agent_view("ss1", "ss", stats)
     assert v["status"] == "up"
     assert v["counters"] == {"inserted": 7, "read": 5, "auth_failures": 0, "downgrades": 0, "replays": 0}
-    assert v["counted"]["downgrades"] is False
-    v = agent_view("ss1", "ss", {"keys": None, "counters": {"ingress_replay": 2, "ingress_downgrade": 1}})
-    assert v["status"] == "no keys" and v["counters"]["replays"] == 2 and v["counters"]["downgrades"] == 1
-    assert v["counted"]["downgrades"] is True
+    counters = {"ingress_replay": 2, "ingress_downgrade": 1, "ingress_auth_failed": 3, "egress_off": 9}
+    v = agent_view("ss1", "ss", {"keys": None, "counters": counters})
+    assert v["status"] == "no keys"
+    assert v["counters"] == {"inserted": 0, "read": 0, "auth_failures": 3, "downgrades": 1, "replays": 2}
     down = agent_view("sc1", "sc", None, "no agent socket")
-    assert down["status"] == "down" and down["detail"] == "no agent socket"
+    assert down["status"] == "down" and down["detail"] == "no agent socket" and down["counters"] == {}
+
+
+def test_counter_names_are_the_agents_outcomes() -> None:
+    from pdmv2.core.packetproc import Outcome
+
+    outcomes = {f"{d}_{o.value}" for o in Outcome for d in ("egress", "ingress")}
+    assert set(COUNTERS.values()) <= outcomes
 
 
 def test_agent_view_never_shows_key_material() -> None:

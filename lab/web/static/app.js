@@ -88,7 +88,7 @@ function drawTopology(g) {
   for (const role of ["pc", "sc", "ps", "ss", "router", "observer"]) {
     if (!g.hosts.some((h) => h.role === role)) continue;
     const item = el("span", { class: `key role-${role}` });
-    item.append(el("i"), document.createTextNode(`${role} – ${ROLES[role]}`));
+    item.append(el("i"), document.createTextNode(role === ROLES[role] ? role : `${role} – ${ROLES[role]}`));
     legend.append(item);
   }
 }
@@ -106,10 +106,7 @@ function drawAgents(agents, age) {
     tr.append(st);
     for (const c of ["inserted", "read", "auth_failures", "downgrades", "replays"]) {
       const v = a.counters ? a.counters[c] : undefined;
-      const counted = a.counted ? a.counted[c] : false;
-      const td = el("td", { class: `num c-${c}${v ? " nz" : ""}${counted ? "" : " absent"}` }, v === undefined ? "–" : v);
-      if (!counted && v !== undefined) td.title = "this agent does not count it yet (or has not seen one)";
-      tr.append(td);
+      tr.append(el("td", { class: `num c-${c}${v ? " nz" : ""}${v === undefined ? " absent" : ""}` }, v === undefined ? "–" : v));
     }
     tr.append(el("td", { class: "num" }, a.flows_tracked === undefined || a.flows_tracked === null ? "–" : a.flows_tracked));
     body.append(tr);
