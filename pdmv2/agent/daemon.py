@@ -44,8 +44,18 @@ _LOG_EVERY_NS = 1_000_000_000
 LOCK_NAME = b"\0pdmv2-agent"
 
 
+_held_lock: socket.socket | None = None
+
+
 def take_netns_lock() -> socket.socket:
-    """Bind the namespace's agent lock; ConfigError (nothing changed) when another agent holds it."""
+    """Bind the namespace's agent lock; ConfigError (nothing changed) when another agent holds it.
+
+    Taken again by the process that holds it, the same socket is returned: `pdmv2 agent` takes it
+    before it reads any state, and Agent.run() before it changes anything.
+    """
+    global _held_lock
+    if _held_lock is not None and _held_lock.fileno() >= 0:
+        return _held_lock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.bind(LOCK_NAME)
@@ -60,6 +70,7 @@ def take_netns_lock() -> socket.socket:
                 f"another agent{who} already runs in this network namespace; this one changed nothing and exits",
             ) from None
         raise ConfigError("pdmv2 agent", "lock", f"cannot take the namespace lock ({exc.strerror or exc})") from None
+    _held_lock = sock
     return sock
 
 
