@@ -16,13 +16,6 @@ DEFAULT_CONFIG = Path("/etc/pdmv2")
 DEFAULT_RUN = Path("/run/pdmv2")
 
 
-def default_datapath() -> str:
-    """native when the C extension is built, else python."""
-    from ..native import AVAILABLE
-
-    return "native" if AVAILABLE else "python"
-
-
 def _run_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run", type=Path, default=DEFAULT_RUN, help=f"the agent's run directory (default {DEFAULT_RUN})"
@@ -71,14 +64,6 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         default=2,
         metavar="N",
         help="records files kept, the current one included (1..100, default 2)",
-    )
-    a.add_argument(
-        "--datapath",
-        choices=("python", "native"),
-        default=os.environ.get("PDMV2_DATAPATH") or default_datapath(),
-        help="per-packet path: native (C: NFQUEUE, option and AEAD compiled; the default when built) or python "
-        "(the reference engine); default from $PDMV2_DATAPATH when set. native falls back to python, with a log "
-        "line, when the extension is not built",
     )
     a.add_argument("--check", action="store_true", help="validate policy and keys, print a summary, exit")
     a.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -139,8 +124,6 @@ def _agent(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    if args.datapath not in ("python", "native"):
-        raise ConfigError("PDMV2_DATAPATH", "datapath", f"{args.datapath!r} is not python or native")
     paths = AgentPaths(args.config, args.run, args.policy, args.keys, args.state)
     if args.check:
         agent = Agent(paths, queue=args.queue, install_rules=False)
@@ -157,7 +140,6 @@ def _agent(args: argparse.Namespace) -> int:
         queue=args.queue,
         records_max_bytes=max(4096, int(args.records_max_mb * 2**20)),
         records_files=args.records_files,
-        datapath=args.datapath,
     )
     return agent.run(ready=lambda: print(f"agent ready (queue {args.queue}, run dir {paths.run_dir})", flush=True))
 
