@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -250,7 +252,7 @@ def test_whole_handshake_deadline(tmp_path: Path) -> None:
             writer.close()
             assert not isinstance(answer, KemResponse), "the handshake outlived the deadline"
             assert isinstance(answer, ErrorMessage) and answer.code == ErrorCode.TIMEOUT, answer
-            assert 1.9 < elapsed < 3.0, elapsed
+            assert 1.9 < elapsed < 5.0, elapsed  # cut at the 2 s deadline, not before
             # An ordinary registration is not affected.
             assert (await register("127.0.0.1", port, client())).registration_id
         finally:
@@ -276,7 +278,10 @@ def test_accept_emfile_is_counted_and_logged_quietly(tmp_path: Path) -> None:
     assert "Traceback" not in log, log[:3000]
     assert len(log) < 20_000, len(log)
     accept_lines = [line for line in log.splitlines() if "cannot accept a connection" in line]
-    assert 1 <= len(accept_lines) <= 8, accept_lines  # at most one a second
+    assert accept_lines
+    stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in accept_lines]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
+    assert all(g >= 0.99 for g in gaps), gaps  # at most one line a second
     assert "does not fit the file descriptor limit" in log
     stopped = next(line for line in log.splitlines() if "primary-server: stopped" in line)
     errors = int(stopped.split(" accept errors")[0].rsplit(" ", 1)[1])
