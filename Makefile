@@ -49,7 +49,7 @@ lint: deps ## ruff and mypy
 	$(BIN)/ruff check pdmv2 lab tests bench
 	$(BIN)/ruff format --check pdmv2 lab tests bench
 	$(BIN)/mypy
-	cd roles && ../$(BIN)/ansible-lint pdmv2_keys ../lab/playbooks/push_keys.yml
+	cd roles && ../$(BIN)/ansible-lint pdmv2_keys pdmv2_agent ../playbooks/site.yml
 
 bench: deps ## benchmarks: core, registration on loopback, agent in namespaces (bench/*.json, results.md)
 	$(PY) bench/core_bench.py --json bench/core.json

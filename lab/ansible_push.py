@@ -1,9 +1,12 @@
-"""Run inside a primary (PC or PS): push its secondaries' key files with Ansible through ansible-runner.
+"""Run inside a primary (PC or PS): deploy keys and agents to its secondaries with playbooks/site.yml.
 
-    python -m lab.ansible_push client|server PRIMARY_NAME '[{"name": "sc1", "address": "2001:db8:1::11"}]'
+    python -m lab.ansible_push INVENTORY.json
 
-The event stream is shown as progress (one line per task and host); secrets never reach it
-(the tasks that touch them are no_log).  Exit status 0 when the play succeeded.
+The inventory is the one the lab daemon wrote into the primary's private /var/lib/pdmv2 (the same
+shape as playbooks/inventory.example.yml, with the lab's settings: no install, supervised agents).
+Progress goes to stderr, one line per task and host (secrets never reach it: the tasks that touch
+them are no_log); stdout gets "host-done NAME" when a host's agent runs, then one summary line.
+Exit status 0 when the play succeeded.
 """
 
 from __future__ import annotations
@@ -18,33 +21,23 @@ from typing import Any
 import ansible_runner
 
 REPO = Path(__file__).resolve().parent.parent
-PLAYBOOK = REPO / "lab" / "playbooks" / "push_keys.yml"
+PLAYBOOK = REPO / "playbooks" / "site.yml"
+# The last task of playbooks/site.yml for a host (roles/pdmv2_agent/tasks/supervised.yml).
+LAST_TASK = "Start the supervised agent unless it is running"
+
+
+def _hosts(inventory: dict[str, Any]) -> list[str]:
+    return [h for group in inventory["all"].get("children", {}).values() for h in group.get("hosts", {})]
 
 
 def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
     # ansible-runner looks ansible-playbook up on PATH: make it this venv's.
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-    side, primary, hosts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    src_dir = "/var/lib/pdmv2/pc/secondaries" if side == "client" else "/var/lib/pdmv2/ps/secondaries"
-    inventory: dict[str, Any] = {
-        "all": {
-            "hosts": {},
-            "vars": {
-                "ansible_user": "root",
-                "ansible_ssh_private_key_file": "/root/.ssh/id_ed25519",
-                "ansible_python_interpreter": "/usr/bin/python3",
-                "ansible_ssh_common_args": "-o UserKnownHostsFile=/root/.ssh/known_hosts -o StrictHostKeyChecking=yes",
-                "pdmv2_keys_pdmv2_bin": str(Path(sys.executable).parent / "pdmv2"),
-            },
-        }
-    }
-    for h in hosts:
-        src = f"{src_dir}/{h['address'].replace(':', '_')}.json" if side == "client" else f"{src_dir}/server.json"
-        inventory["all"]["hosts"][h["name"]] = {
-            "ansible_host": h["address"],
-            "pdmv2_keys_source": src,
-            "pdmv2_keys_name": f"{side}.json",
-        }
+    inventory = json.loads(Path(sys.argv[1]).read_text())
+    hosts = _hosts(inventory)
     counts = {"ok": 0, "changed": 0, "failed": 0}
 
     def on_event(event: dict[str, Any]) -> bool:
@@ -52,8 +45,10 @@ def main() -> int:
         kind = event.get("event")
         if kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
             status = "failed" if kind != "runner_on_ok" else ("changed" if data.get("res", {}).get("changed") else "ok")
-            counts[status if status in counts else "failed"] += 1
-            print(f"  {primary} ansible: {data.get('host')}: {data.get('task')}: {status}", file=sys.stderr, flush=True)
+            counts[status] += 1
+            print(f"  ansible: {data.get('host')}: {data.get('task')}: {status}", file=sys.stderr, flush=True)
+            if kind == "runner_on_ok" and data.get("task") == LAST_TASK:
+                print(f"host-done {data.get('host')}", flush=True)
         return True
 
     with tempfile.TemporaryDirectory(dir="/var/lib/pdmv2") as tmp:
@@ -67,7 +62,8 @@ def main() -> int:
                 "ANSIBLE_HOST_KEY_CHECKING": "True",
                 "ANSIBLE_TIMEOUT": "10",
                 "ANSIBLE_TASK_TIMEOUT": "300",
-                "ANSIBLE_FORKS": str(max(5, min(20, len(hosts)))),
+                "ANSIBLE_FORKS": str(max(5, min(50, len(hosts)))),
+                "ANSIBLE_STRATEGY": "free",
                 "ANSIBLE_SSH_CONTROL_PATH_DIR": "/root/.ansible/cp",
                 "ANSIBLE_PIPELINING": "True",
                 "ANSIBLE_LOCAL_TEMP": f"{tmp}/local",

@@ -43,6 +43,8 @@ def cmd_status(_args: argparse.Namespace) -> int:
     if not st.get("ready"):
         for line in st.get("steps", [])[-5:]:
             print(f"  {line}")
+    for line in control.progress_lines(st):
+        print(f"  {line}")
     for line in control.status_table(st):
         print(line)
     return 0

@@ -40,6 +40,8 @@ __all__ = [
     "down",
     "teardown",
     "status_table",
+    "progress_lines",
+    "kill_namespace_processes",
     "need_root",
     "PDMV2",
 ]
@@ -196,7 +198,7 @@ def up(
         daemon = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO
         )
-    shown = 0
+    shown, pushed = 0, ""
     limit = timeout or 120 + 8 * len(topo.hosts)
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -205,6 +207,10 @@ def up(
         for line in steps[shown:]:
             progress(line)
         shown = len(steps)
+        now = "; ".join(progress_lines(st))
+        if now != pushed and "running" in now:
+            progress(f"          {now}")
+        pushed = now
         if st.get("daemon_pid") == daemon.pid and st.get("ready"):
             return st
         if daemon.poll() is not None:
@@ -240,17 +246,7 @@ def teardown(st: dict[str, Any]) -> list[str]:
         removed.append(f"daemon {pid}")
         if labstate.alive(pid):
             os.kill(pid, signal.SIGKILL)
-    inodes = {h.get("netns_inode") for h in st.get("hosts", {}).values()} - {None}
-    if inodes:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.stat(entry / "ns" / "net").st_ino in inodes:
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    removed.append(f"process {entry.name}")
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
+    removed += kill_namespace_processes({h.get("netns_inode") for h in st.get("hosts", {}).values()} - {None})
     for br in st.get("bridges", []):
         if subprocess.run(["ip", "link", "del", br], capture_output=True, check=False).returncode == 0:
             removed.append(f"bridge {br}")
@@ -264,6 +260,31 @@ def teardown(st: dict[str, Any]) -> list[str]:
     if labstate.LAB_DIR.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(labstate.LAB_DIR)], check=False)
     return removed
+
+
+def kill_namespace_processes(inodes: set[int]) -> list[str]:
+    """SIGKILL every process whose network namespace is one of the lab's (by inode); what was killed."""
+    killed: list[str] = []
+    if not inodes:
+        return killed
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino in inodes:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(f"process {entry.name}")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return killed
+
+
+def progress_lines(st: dict[str, Any]) -> list[str]:
+    """How far the Ansible push of each primary is, from the state file."""
+    return [
+        f"{name}: ansible {p['status']}, agents and keys on {p['done']}/{p['hosts']} secondaries"
+        for name, p in st.get("push", {}).items()
+    ]
 
 
 def agent_stats(h: LabHost) -> dict[str, Any] | None:

@@ -7,7 +7,6 @@ own net.stop(), never ``mn -c``).  Progress and the final table go to the state 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
@@ -19,14 +18,30 @@ from pathlib import Path
 from typing import Any
 
 from lab import state as labstate
-from lab.control import ControlError, LabHost
+from lab.control import ControlError, LabHost, kill_namespace_processes
 from lab.topology import Node, Topology
+from pdmv2.regnet import DEFAULT_PORT
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PDMV2 = str(VENV_BIN / "pdmv2")
 PRIVATE_DIRS = ["/etc/pdmv2", "/run/pdmv2", "/var/lib/pdmv2", "/root/.ssh", "/root/.ansible", "/run/sshd"]
-REG_PORT = 4333
+REG_PORT = DEFAULT_PORT
+INVENTORY = "/var/lib/pdmv2/lab-inventory.json"  # in each primary's private /var/lib/pdmv2
+SSHD_CONFIG = """Port 22
+ListenAddress ::
+HostKey /etc/pdmv2/ssh/host_ed25519
+PidFile /run/pdmv2/sshd.pid
+AuthorizedKeysFile /etc/pdmv2/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PrintMotd no
+AcceptEnv LANG
+Subsystem sftp internal-sftp
+"""
 
 
 class _Stop(Exception):
@@ -168,56 +183,29 @@ class LabDaemon:
 
     # -- services ----------------------------------------------------------------------------------
 
-    def start_sshd(self, h: str) -> str:
-        """sshd with its own host key; returns the host public key."""
-        self.run(h, "mkdir", "-p", "-m", "0700", "/etc/pdmv2/ssh")
-        self.run(h, "chmod", "0755", "/run/sshd")  # a fresh tmpfs is world-writable; sshd refuses that
-        self.run(h, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/etc/pdmv2/ssh/host_ed25519")
-        self.write(
-            h,
-            "/etc/pdmv2/ssh/sshd_config",
-            "\n".join(
-                [
-                    "Port 22",
-                    "ListenAddress ::",
-                    "HostKey /etc/pdmv2/ssh/host_ed25519",
-                    "PidFile /run/pdmv2/sshd.pid",
-                    "AuthorizedKeysFile /etc/pdmv2/ssh/authorized_keys",
-                    "PermitRootLogin prohibit-password",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PrintMotd no",
-                    "AcceptEnv LANG",
-                    "Subsystem sftp internal-sftp",
-                    "",
-                ]
-            ),
-            "0600",
+    def setup_sshd(self, h: str) -> str:
+        """sshd's own host key and config in a secondary (one command); returns the host public key."""
+        script = (
+            "set -e\n"
+            "mkdir -p -m 0700 /etc/pdmv2/ssh\n"
+            "chmod 0755 /run/sshd\n"  # a fresh tmpfs is world-writable; sshd refuses that
+            "ssh-keygen -q -t ed25519 -N '' -f /etc/pdmv2/ssh/host_ed25519\n"
+            "(umask 077 && cat > /etc/pdmv2/ssh/sshd_config)\n"
+            "cat /etc/pdmv2/ssh/host_ed25519.pub\n"
         )
-        self.spawn(h, "sshd", "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/pdmv2/ssh/sshd_config")
-        try:
-            self.wait_for(
-                f"sshd on {h}",
-                lambda: self.run(h, "sh", "-c", "ss -ltnH 'sport = :22' | grep -q LISTEN", check=False).returncode == 0,
-                timeout=10,
-            )
-        except LabError:
-            log = (labstate.LAB_DIR / "logs" / f"{h}-sshd.log").read_text()[-800:]
-            raise LabError(f"sshd did not start on {h}: {log}") from None
-        return self.run(h, "cat", "/etc/pdmv2/ssh/host_ed25519.pub").stdout.strip()
+        return self.run(h, "sh", "-c", script, input_text=SSHD_CONFIG).stdout.strip()
 
-    def start_agent(self, n: Node, encrypted: list[ipaddress.IPv6Network]) -> None:
-        """The agent with an empty key directory; the Ansible handler reloads it once keys arrive."""
-        rules = "\n".join(f"  - prefix: {p}\n    mode: pdmv2-encrypted" for p in encrypted)
-        policy = (
-            f"version: 1\ndefault: off\nrotate_after: {self.rotate_after}\nrules:\n"
-            f"  - prefix: fe80::/10\n    mode: pdmv2-clear\n{rules}\n"
-        )
-        self.write(n.name, "/etc/pdmv2/policy.yaml", policy, "0644")
-        self.run(n.name, "mkdir", "-p", "-m", "0700", "/etc/pdmv2/keys")
-        self.spawn(n.name, "agent", PDMV2, "agent", "--config", "/etc/pdmv2", "--run", "/run/pdmv2")
+    def start_sshd(self, hosts: list[str]) -> dict[str, str]:
+        """sshd on each host (set up in parallel); returns the host keys.  Listening is awaited later."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            keys = dict(zip(hosts, pool.map(self.setup_sshd, hosts), strict=True))
+        for h in hosts:
+            self.spawn(h, "sshd", "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/pdmv2/ssh/sshd_config")
+        return keys
+
+    def listening(self, h: str, port: int = 22) -> bool:
+        """True when something in the host listens on the TCP port."""
+        return self.run(h, "sh", "-c", f"ss -ltnH 'sport = :{port}' | grep -q LISTEN", check=False).returncode == 0
 
     def agent_stats(self, h: str) -> dict[str, Any] | None:
         """The agent's `pdmv2 stats --json`, or None while it does not answer."""
@@ -235,116 +223,168 @@ class LabDaemon:
         if pending:
             raise LabError(f"timed out waiting for {what} on {', '.join(sorted(pending))}")
 
-    def registration(self) -> None:
-        """PS daemon, PC registers over the WAN, both write their secondaries' key files."""
-        for pc in self.topo.by_role("pc"):
-            ps = self.topo.by_role("ps")[0]
-            ps_fp = self.run(ps.name, PDMV2, "keygen", "--force", "--out", "/etc/pdmv2/ps.key").stdout.strip()
-            pc_fp = self.run(pc.name, PDMV2, "keygen", "--force", "--out", "/etc/pdmv2/pc.key").stdout.strip()
-            self.state["fingerprints"] = {"ps": ps_fp, "pc": pc_fp}
-            prefixes = self.topo.site_prefixes(pc.name)
-            allow = (
-                "clients:\n"
-                + f"  - name: {pc.name}\n    fingerprint: {pc_fp}\n    prefixes: ["
-                + ", ".join(f'"{p}"' for p in prefixes)
-                + "]\n"
-            )
-            self.write(ps.name, "/etc/pdmv2/allow.yaml", allow, "0644")
-            self.spawn(
-                ps.name,
-                "primary-server",
-                PDMV2,
-                "primary-server",
-                "--listen",
-                str(ps.address),
-                "--port",
-                str(REG_PORT),
-                "--key",
-                "/etc/pdmv2/ps.key",
-                "--allow",
-                "/etc/pdmv2/allow.yaml",
-                "--state",
-                "/var/lib/pdmv2/ps",
-            )
-            self.wait_for(
-                "the primary server",
-                lambda ps=ps: (
-                    self.run(
-                        ps.name, "sh", "-c", f"ss -ltnH 'sport = :{REG_PORT}' | grep -q LISTEN", check=False
-                    ).returncode
-                    == 0
-                ),
-            )
-            argv = [
-                PDMV2,
-                "register",
-                "--server",
-                str(ps.address),
-                "--port",
-                str(REG_PORT),
-                "--key",
-                "/etc/pdmv2/pc.key",
-                "--pin",
-                ps_fp,
-                "--state",
-                "/var/lib/pdmv2/pc",
-                "-q",
-            ]
-            for p in prefixes:
-                argv += ["--prefix", str(p)]
-            out = self.run(pc.name, *argv).stdout.strip()
-            self.step(f"registered {pc.name} with {ps.name}: {out}")
-            sargv = [
-                PDMV2,
-                "secrets",
-                "client",
-                "--registrations",
-                "/var/lib/pdmv2/pc/registrations.json",
-                "--out",
-                "/var/lib/pdmv2/pc/secondaries",
-            ]
-            for sc in self.topo.secondaries_of(pc.name):
-                sargv += ["--client", str(sc.address)]
-            self.run(pc.name, *sargv)
-            self.run(
-                ps.name,
-                PDMV2,
-                "secrets",
-                "server",
-                "--registrations",
-                f"/var/lib/pdmv2/ps/registrations/{pc.name}.json",
-                "--out",
-                "/var/lib/pdmv2/ps/secondaries/server.json",
-            )
+    def register(self, pc: Node, ps: Node) -> None:
+        """One organisation: its PS daemon, its PC registers over the WAN, both write their secondaries' keys."""
+        ps_fp = self.run(ps.name, PDMV2, "keygen", "--out", "/etc/pdmv2/ps.key").stdout.strip()
+        pc_fp = self.run(pc.name, PDMV2, "keygen", "--out", "/etc/pdmv2/pc.key").stdout.strip()
+        self.state["fingerprints"].update({ps.name: ps_fp, pc.name: pc_fp})
+        prefixes = self.topo.site_prefixes(pc.name)
+        allow = (
+            "clients:\n"
+            + f"  - name: {pc.name}\n    fingerprint: {pc_fp}\n    prefixes: ["
+            + ", ".join(f'"{p}"' for p in prefixes)
+            + "]\n"
+        )
+        self.write(ps.name, "/etc/pdmv2/allow.yaml", allow, "0644")
+        self.spawn(
+            ps.name,
+            "primary-server",
+            PDMV2,
+            "primary-server",
+            "--listen",
+            str(ps.address),
+            "--port",
+            str(REG_PORT),
+            "--key",
+            "/etc/pdmv2/ps.key",
+            "--allow",
+            "/etc/pdmv2/allow.yaml",
+            "--state",
+            "/var/lib/pdmv2/ps",
+        )
+        self.wait_for(f"the primary server on {ps.name}", lambda: self.listening(ps.name, REG_PORT))
+        argv = [
+            PDMV2,
+            "register",
+            "--server",
+            str(ps.address),
+            "--port",
+            str(REG_PORT),
+            "--key",
+            "/etc/pdmv2/pc.key",
+            "--pin",
+            ps_fp,
+            "--state",
+            "/var/lib/pdmv2/pc",
+            "-q",
+        ]
+        for p in prefixes:
+            argv += ["--prefix", str(p)]
+        out = self.run(pc.name, *argv).stdout.strip()
+        self.step(f"registered {pc.name} with {ps.name}: {out}")
+        sargv = [
+            PDMV2,
+            "secrets",
+            "client",
+            "--registrations",
+            "/var/lib/pdmv2/pc/registrations.json",
+            "--out",
+            "/var/lib/pdmv2/pc/secondaries",
+        ]
+        for sc in self.topo.secondaries_of(pc.name):
+            sargv += ["--client", str(sc.address)]
+        self.run(pc.name, *sargv)
+        self.run(
+            ps.name,
+            PDMV2,
+            "secrets",
+            "server",
+            "--registrations",
+            f"/var/lib/pdmv2/ps/registrations/{pc.name}.json",
+            "--out",
+            "/var/lib/pdmv2/ps/secondaries/server.json",
+        )
 
-    def push_keys(self, host_keys: dict[str, str]) -> None:
-        """Each primary runs Ansible (ansible-runner) over SSH to its secondaries; the primaries in parallel."""
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for fut in [
-                pool.submit(self._push_from, p, host_keys) for p in self.topo.by_role("pc") + self.topo.by_role("ps")
-            ]:
+    def inventory(self, primary: Node, host_keys: dict[str, str]) -> dict[str, Any]:
+        """The Ansible inventory a primary uses for its secondaries (playbooks/inventory.example.yml's shape)."""
+        client = primary.role == "pc"
+        encrypted = self.topo.site_prefixes(self.topo.partner(primary.name).name)
+        hosts = {}
+        for s in self.topo.secondaries_of(primary.name):
+            src = (
+                f"/var/lib/pdmv2/pc/secondaries/{str(s.address).replace(':', '_')}.json"
+                if client
+                else "/var/lib/pdmv2/ps/secondaries/server.json"
+            )
+            hosts[s.name] = {"ansible_host": str(s.address), "pdmv2_keys_source": src}
+        return {
+            "all": {
+                "vars": {
+                    "ansible_user": "root",
+                    "ansible_ssh_private_key_file": "/root/.ssh/id_ed25519",
+                    "ansible_python_interpreter": "/usr/bin/python3",
+                    "ansible_ssh_common_args": (
+                        "-o UserKnownHostsFile=/root/.ssh/known_hosts -o StrictHostKeyChecking=yes"
+                    ),
+                    # The lab's hosts share this machine's /usr and the project's .venv: nothing to install.
+                    "pdmv2_agent_install_method": "none",
+                    "pdmv2_agent_bin": PDMV2,
+                    "pdmv2_keys_pdmv2_bin": PDMV2,
+                    # Namespaces have no systemd of their own.
+                    "pdmv2_agent_service_manager": "supervised",
+                    "pdmv2_agent_rotate_after": self.rotate_after,
+                    "pdmv2_agent_policy_rules": [
+                        {"prefix": "fe80::/10", "mode": "pdmv2-clear"},
+                        *({"prefix": str(p), "mode": "pdmv2-encrypted"} for p in encrypted),
+                    ],
+                },
+                "children": {("secondary_clients" if client else "secondary_servers"): {"hosts": hosts}},
+            }
+        }
+
+    def push(self, host_keys: dict[str, str]) -> None:
+        """Each primary runs playbooks/site.yml (ansible-runner) over SSH to its secondaries, all in parallel."""
+        primaries = [p for pair in self.topo.pairs() for p in pair]
+        self.state["push"] = {
+            p.name: {"hosts": len(self.topo.secondaries_of(p.name)), "done": 0, "status": "starting"} for p in primaries
+        }
+        with ThreadPoolExecutor(max_workers=len(primaries)) as pool:
+            for fut in [pool.submit(self._push_from, p, host_keys) for p in primaries]:
                 fut.result()
 
     def _push_from(self, primary: Node, host_keys: dict[str, str]) -> None:
         secondaries = self.topo.secondaries_of(primary.name)
+        progress = self.state["push"][primary.name]
         self.run(primary.name, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/root/.ssh/id_ed25519")
         pub = self.run(primary.name, "cat", "/root/.ssh/id_ed25519.pub").stdout
         known = "".join(f"{s.address} {host_keys[s.name]}\n" for s in secondaries)
         self.write(primary.name, "/root/.ssh/known_hosts", known, "0600")
         for s in secondaries:  # provisioning: the primary's key is trusted by its secondaries
             self.write(s.name, "/etc/pdmv2/ssh/authorized_keys", pub, "0600")
-        side = "client" if primary.role == "pc" else "server"
-        out = self.run(
-            primary.name,
-            str(VENV_BIN / "python"),
-            "-m",
-            "lab.ansible_push",
-            side,
-            primary.name,
-            json.dumps([{"name": s.name, "address": str(s.address)} for s in secondaries]),
-            timeout=600,
-        )
-        self.step(f"{primary.name}: ansible pushed keys to {len(secondaries)} secondaries ({out.stdout.strip()})")
+        self.write(primary.name, INVENTORY, json.dumps(self.inventory(primary, host_keys)), "0600")
+        self.wait_all("sshd", [s.name for s in secondaries], self.listening, timeout=20)
+        progress["status"] = "running"
+        self.step(f"{primary.name}: ansible (playbooks/site.yml) to {len(secondaries)} secondaries")
+        log_path = labstate.LAB_DIR / "logs" / f"{primary.name}-ansible.log"
+        summary = ""
+        with open(log_path, "ab") as log:
+            proc = self.lab_hosts[primary.name].popen(
+                str(VENV_BIN / "python"),
+                "-m",
+                "lab.ansible_push",
+                INVENTORY,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            assert proc.stdout is not None
+            last_save = 0.0
+            for line in proc.stdout:
+                if line.startswith("host-done "):
+                    progress["done"] += 1
+                    if time.monotonic() - last_save > 0.5 or progress["done"] == progress["hosts"]:
+                        labstate.save(self.state)
+                        last_save = time.monotonic()
+                elif line.strip():
+                    summary = line.strip()
+            rc = proc.wait()
+        if rc != 0:
+            progress["status"] = "failed"
+            tail = log_path.read_text()[-1500:]
+            raise LabError(f"{primary.name}: ansible failed ({summary}); see {log_path}\n{tail}")
+        progress["status"] = "done"
+        self.step(f"{primary.name}: agents and keys on {progress['done']}/{len(secondaries)} secondaries ({summary})")
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -353,22 +393,16 @@ class LabDaemon:
         self.step(f"building {self.topo.name}: {len(self.topo.hosts)} hosts, {len(self.topo.links)} links")
         self.build()
         self.step("hosts up: IPv6 configured (no IPv4, no DAD), routes and forwarding set")
-        host_keys = {n.name: self.start_sshd(n.name) for n in self.topo.hosts}
-        self.step(f"sshd running on {len(host_keys)} hosts")
-        for pc in self.topo.by_role("pc"):
-            for sc in self.topo.secondaries_of(pc.name):
-                self.start_agent(sc, self.topo.site_prefixes(self.topo.by_role("ps")[0].name))
-        for ps in self.topo.by_role("ps"):
-            for ss in self.topo.secondaries_of(ps.name):
-                self.start_agent(ss, self.topo.site_prefixes(self.topo.by_role("pc")[0].name))
-        agents = [n.name for n in self.topo.nodes if n.role in ("sc", "ss")]
-        self.wait_all("the agents", agents, lambda h: self.agent_stats(h) is not None, timeout=60)
-        self.step(f"agents running on {len(agents)} secondaries (no keys yet)")
-        self.registration()
-        self.push_keys(host_keys)
+        secondaries = [n.name for n in self.topo.nodes if n.role in ("sc", "ss")]
+        host_keys = self.start_sshd(secondaries)
+        self.step(f"sshd started on {len(host_keys)} secondaries")
+        with ThreadPoolExecutor(max_workers=max(1, len(self.topo.pairs()))) as pool:
+            for fut in [pool.submit(self.register, pc, ps) for pc, ps in self.topo.pairs()]:
+                fut.result()
+        self.push(host_keys)
         self.wait_all(
             "agents to load their keys",
-            agents,
+            secondaries,
             lambda h: (self.agent_stats(h) or {}).get("keys") is not None,
             timeout=30,
         )
@@ -400,6 +434,8 @@ class LabDaemon:
                         pass
         if self.net is not None:
             self.net.stop()
+        # What the roles started over SSH (agents and their supervisors) is not our child: by namespace.
+        kill_namespace_processes({h["netns_inode"] for h in self.state["hosts"].values()})
 
 
 def serve(topo: Topology, rotate_after: int) -> int:

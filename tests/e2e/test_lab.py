@@ -201,10 +201,12 @@ def test_secrets_isolation(up: dict) -> None:
 
 
 def test_ansible_second_run_reports_no_change(up: dict) -> None:
-    hosts = json.dumps([{"name": n, "address": a} for n, a in (("sc1", SC1), ("sc2", SC2), ("sc3", "2001:db8:1::13"))])
-    run = in_host("pc", PY, "-m", "lab.ansible_push", "client", "pc", hosts, timeout=300)
+    # The same playbooks/site.yml with the inventory the lab wrote: keys and agents are in place.
+    run = in_host("pc", PY, "-m", "lab.ansible_push", "/var/lib/pdmv2/lab-inventory.json", timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().endswith("changed 0, failed 0")
+    assert up["push"]["pc"] == {"hosts": 3, "done": 3, "status": "done"}
+    assert up["push"]["ps"] == {"hosts": 3, "done": 3, "status": "done"}
 
 
 def test_lab_cli_messages(up: dict) -> None:
