@@ -14,7 +14,7 @@ from lab.topology import Node, Topology
 
 __all__ = ["graph", "capture_point", "kind_of", "role_of", "COL_W", "ROW_H"]
 
-COL_W = 150  # one column: a segment, or a router between two segments
+COL_W = 165  # one column: a segment, or a router between two segments
 ROW_H = 58  # one host below its segment
 TOP = 70  # the row of segments and routers
 MAX_SHOWN = 12  # hosts drawn per segment (the rest are counted: scaled labs have hundreds)

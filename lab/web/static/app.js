@@ -73,9 +73,10 @@ function drawTopology(g) {
     grp.append(sv("title", {}, `${h.name}: ${ROLES[h.role] || h.role}\n${h.addresses.join("\n")}`));
     grp.append(sv("circle", { cx: h.x, cy: h.y, r: 19 }));
     grp.append(sv("text", { x: h.x, y: h.y + 4, "text-anchor": "middle", class: "host-name" }, h.name));
+    // a host on the row of segments (a router) is labelled above itself, the others to their right
     const onLine = h.role === "router";
     const tx = onLine ? h.x : h.x + 26;
-    const ty = onLine ? h.y + 36 : h.y - 3;
+    const ty = onLine ? h.y - 25 - 13 * h.addresses.length : h.y - 3;
     const anchor = onLine ? "middle" : "start";
     grp.append(sv("text", { x: tx, y: ty, "text-anchor": anchor, class: "host-role" }, ROLES[h.role] || h.role));
     h.addresses.forEach((a, i) => {
