@@ -229,10 +229,11 @@ class FlowState:
 class PdmEngine:
     """Builds the option of each outgoing packet and reads the option of each incoming one.
 
-    ``send_floor``/``recv_floor``: Kris up to these values may have been used (sent or received)
-    by an earlier run of this host; see :meth:`restarted`.  ``reserve(kri)`` is called before any
-    Kri above the last reservation is used and must make it durable; returning False makes the
-    engine send without the option rather than risk a nonce reuse.
+    Durable state (docs/protocol.md §8), both callbacks made durable by the agent before the
+    engine goes on: ``reserve(kri)`` is called before any Kri above the last reservation is used
+    for sending; ``record_rx(epoch)`` before an option from a key epoch newer than any accepted so
+    far is accepted.  Either returning False makes the engine do without the option (counted)
+    rather than risk a nonce reuse or a replay after a restart; see :meth:`restarted`.
     """
 
     def __init__(
@@ -249,6 +250,7 @@ class PdmEngine:
         send_floor: int = -1,
         recv_floor: int = -1,
         reserve: Callable[[int], bool] | None = None,
+        record_rx: Callable[[int], bool] | None = None,
         max_tries: int = 6,
     ) -> None:
         if not 1 <= rotate_after <= PRSEQ_PERIOD:
@@ -275,6 +277,8 @@ class PdmEngine:
         self._recv_floor = recv_floor
         self._reserved = send_floor
         self._reserve = reserve
+        self._rx_recorded = kri_epoch(recv_floor) if recv_floor >= 0 else -1
+        self._record_rx = record_rx
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -309,19 +313,22 @@ class PdmEngine:
             self._epoch = e
         return self._epoch
 
-    def restarted(self, now_ns: int, reservation: int | None) -> None:
-        """Start after a loss of all state (a new process): set the floors.
+    def restarted(self, now_ns: int, reservation: int | None, rx_epoch: int | None = None) -> None:
+        """Start a new process on a host whose earlier runs may have sent and received.
 
-        ``reservation`` is the last Kri an earlier run reserved, or None when unknown: then the
-        whole current epoch counts as used and this host sends from the next one.  A receiver
-        accepts nothing from the current or the next epoch on flows it has no state for (one
-        epoch of clock skew), so nothing received before the restart can be replayed.
+        ``reservation``: the last Kri an earlier run reserved for sending; ``rx_epoch``: the
+        newest key epoch it accepted options from.  None means unknown (the durable state was
+        lost): then this host sends from the next key epoch on, and accepts nothing from the
+        current or the next epoch on flows it has no state for (one epoch of clock skew), so no
+        (key, nonce) pair is used twice and nothing received before can be replayed.
         """
         e = self.epoch(now_ns)
         used = reservation if reservation is not None else kri_of(e, _LAST_ROTATION)
+        seen = rx_epoch if rx_epoch is not None else e + 1
         self._send_floor = max(self._send_floor, used)
         self._reserved = max(self._reserved, used)
-        self._recv_floor = max(self._recv_floor, kri_of(e + 1, _LAST_ROTATION))
+        self._recv_floor = max(self._recv_floor, kri_of(seen, _LAST_ROTATION))
+        self._rx_recorded = max(self._rx_recorded, seen)
 
     def set_keys(self, keys: KeyProvider | None) -> None:
         """Swap the key material (SIGHUP) without losing flow state; cached ciphers are dropped."""
@@ -484,8 +491,8 @@ class PdmEngine:
     def incoming(self, flow: FiveTuple, option: bytes, now_ns: int) -> Received:
         """Read the option of a packet received on ``flow`` (src = the peer) at ``now_ns``.
 
-        Raises DecodeError, UnknownKeyError, AuthenticationError, StaleKeyError or ReplayError;
-        on any error no flow state changes (a receiver that lost the sender only moves its
+        Raises DecodeError, UnknownKeyError, AuthenticationError, StaleKeyError, ReplayError or
+        KeyWaitError; on any error no flow state changes (a receiver that lost the sender only moves its
         search cursor on).
         """
         local = flow.reversed()
@@ -511,6 +518,11 @@ class PdmEngine:
         else:
             got = self._read_clear(flow, option)
 
+        if got.kri is not None and kri_epoch(got.kri) > self._rx_recorded:
+            # A restart must not accept this epoch's options again: make that durable first.
+            if self._record_rx is not None and not self._record_rx(kri_epoch(got.kri)):
+                raise KeyWaitError("could not record the key epoch received; option not read")
+            self._rx_recorded = kri_epoch(got.kri)
         # Everything checked: commit.
         if st is None:
             st = self._new_state(local)

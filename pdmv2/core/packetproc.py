@@ -69,6 +69,7 @@ class Verdict:
     """Short reason for logs (never a secret)."""
 
 
+_CLEAR_SIZES = (2 + OptionLength.PDM, 2 + OptionLength.PDMV2_CLEAR)
 _MAX_FLOW_STATS = 4096  # flows with recent measurements kept for `pdmv2 stats`
 _KEEP_PER_METRIC = 1000  # values per metric and flow
 
@@ -184,7 +185,8 @@ class PacketProcessor:
             return self._v("ingress", Verdict(Outcome.NOT_FOR_US, detail=info.not_for_us))
         drop = self.policy.on_auth_failure == "drop"
         encrypted = len(option) == 2 + OptionLength.PDMV2_ENCRYPTED and option[0] == OPTION_TYPE_PDM
-        if not encrypted and self._modes.mode_for(info.flow.src) is Mode.PDMV2_ENCRYPTED:
+        clear = len(option) in _CLEAR_SIZES  # (any other length is malformed: the engine says why)
+        if clear and self._modes.mode_for(info.flow.src) is Mode.PDMV2_ENCRYPTED:
             # Policy expects this peer to encrypt: a clear or v1 option could be anyone's.
             return self._v("ingress", Verdict(Outcome.DOWNGRADE, drop=drop, detail=f"{len(option)}-octet option"))
         # Opening costs key derivations unless the flow is established: limited per source prefix.
