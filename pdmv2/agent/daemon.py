@@ -31,7 +31,7 @@ from ..regstore import read_text
 from . import rules
 from .nfq import open_queue
 from .records import DEFAULT_FILES, DEFAULT_MAX_BYTES, RecordWriter
-from .reservation import NonceReservation
+from .reservation import DurableState
 
 __all__ = ["Agent", "AgentPaths", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME", "LOCK_NAME", "take_netns_lock"]
 
@@ -185,17 +185,20 @@ class Agent:
         self.policy = self._load_policy()
         self.keyset: KeySet = load_key_set(paths.keys, now=time.time())
         epoch_ns = self.policy.key_epoch_s * 1_000_000_000
-        self.reservation = NonceReservation(paths.state, epoch_ns)
+        self.durable = DurableState(paths.state, epoch_ns)
         self.engine = PdmEngine(
             keys=self.keyset.provider,
             rotate_after=self.policy.rotate_after,
             grace_ns=self.policy.grace_ms * 1_000_000,
             epoch_ns=epoch_ns,
             wall_offset_ns=wall_offset_ns(),
-            reserve=self.reservation.reserve,
+            reserve=self.durable.reserve,
+            record_rx=self.durable.record_rx,
         )
-        # A new process knows nothing of what an earlier one sent or received (docs/protocol.md §8).
-        self.engine.restarted(time.monotonic_ns(), self.reservation.load())
+        # Stay above whatever an earlier run sent or received (docs/protocol.md §8).
+        previous = self.durable.load()
+        if not previous.fresh:
+            self.engine.restarted(time.monotonic_ns(), previous.reservation, previous.rx_epoch)
         limiter = PrefixLimiter(self.policy.crypto_per_prefix_per_s, self.policy.crypto_total_per_s)
         self.proc = PacketProcessor(self.engine, self.policy, limiter)
         self.started = time.time()
@@ -467,6 +470,7 @@ class Agent:
                 if self._records is not None:
                     self._records.close()
                     self._records = None
+                self.durable.close()
             # No nfq.unbind(): the packet thread sits in recv() on the same socket and would take the
             # kernel's answer to the unbind; closing the socket at exit unbinds the queue.
             control.close()
