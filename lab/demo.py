@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from lab import control
+from pdmv2.capture import write_decrypted
 
 PDMV2 = control.PDMV2
 PY = sys.executable
@@ -72,6 +73,24 @@ def show_observer_capture(pcap: Path) -> None:
         print(f"    tshark (an independent reader): {tshark.splitlines()[0].split(',')[0]}")
 
 
+def side_by_side_command(pcap: Path, decrypted: Path) -> str:
+    """One bash line: per option, what the observer sees (source, tag) beside the decrypted fields."""
+    lua = f"$({_rel(Path(PDMV2))} wireshark path)"
+    left = f"tshark -X lua_script:{lua} -r {_rel(pcap)} -Y pdmv2 -T fields -e frame.number -e ipv6.src -e pdmv2.tag"
+    right = (
+        f"tshark -X lua_script:{lua} -r {_rel(decrypted)} -Y pdmv2 -T fields "
+        "-e pdmv2.psntp -e pdmv2.psnlr -e pdmv2.global_pointer -e pdmv2.delta_tlr_ns"
+    )
+    return f"paste <({left} 2>/dev/null) <({right} 2>/dev/null) | column -t -s $'\\t'"
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def run(*, keep: bool = False) -> int:
     OUT.mkdir(exist_ok=True)
     say(
@@ -111,7 +130,7 @@ def run(*, keep: bool = False) -> int:
             "Traffic SC1 -> SS1: ping6, and curl to an HTTP server that waits 5 ms",
             "The applications are unchanged; the agents add and read PDMv2 on the kernel's packets.",
         )
-        pcap = Path(tempfile.mkdtemp()) / "wan.pcap"
+        pcap = OUT / "observer.pcap"
         cap = start_observer_capture(pcap)
         procs.append(cap)
         procs.append(spawn("ss1", PY, "-m", "lab.httpd", "8080", "5"))
@@ -155,6 +174,14 @@ def run(*, keep: bool = False) -> int:
         ).stdout.splitlines()
         for line in [*decoded[:6], "    ...", *decoded[-6:]]:
             print(f"    {line}")
+        copy = write_decrypted(pcap, keys, OUT / "observer-decrypted.pcapng")
+        print(f"    {copy}")
+        print("    the capture and its decrypted copy side by side, with the PDMv2 dissector (docs/wireshark.md):")
+        command = side_by_side_command(pcap, copy.out)
+        print(f"    {command}")
+        shown = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False).stdout
+        for line in shown.splitlines()[:4]:
+            print(f"      {line}")
         stats = json.loads(host_run("sc1", PDMV2, "stats", "--json", "--run", "/run/pdmv2").stdout)
         udp_flows = [f for f in stats["flows"] if f["proto"] == 17 and f["dport"] == 5353 and f.get("server_delay")]
         for f in udp_flows:
