@@ -72,16 +72,6 @@ def agent_view(name: str, role: str, stats: dict[str, Any] | None, error: str = 
         flows_tracked=stats.get("flows_tracked"),
         uptime_s=stats.get("uptime_s"),
         handling_us_p50=stats.get("handling_us_p50"),
-        agent_flows=[
-            {
-                "flow": f"[{f['src']}]:{f['sport']} > [{f['dst']}]:{f['dport']} {f['proto']}",
-                "server_delay_p50_ms": (f.get("server_delay") or {}).get("p50_ns", 0) / 1e6
-                if f.get("server_delay")
-                else None,
-                "rtt_p50_ms": (f.get("rtt") or {}).get("p50_ns", 0) / 1e6 if f.get("rtt") else None,
-            }
-            for f in stats.get("flows", [])[:20]
-        ],
     )
     return view
 
@@ -155,6 +145,8 @@ class Collector:
                 if control.running_lab() is None:
                     with self._lock:
                         self._lab_up = False
+                        for n in self.secondaries:
+                            self._agents[n.name] = agent_view(n.name, n.role, None, "the lab is down")
                     self._stop.wait(self.poll_s)
                     continue
                 views = list(pool.map(lambda n: self._poll_one(n.name, n.role), self.secondaries))

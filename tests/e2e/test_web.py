@@ -96,6 +96,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    os.environ.setdefault("SE_AVOID_STATS", "true")  # nothing leaves the machine, even if Selenium Manager ran
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in (

@@ -254,3 +254,32 @@ def test_static_files_load_nothing_from_elsewhere() -> None:
     js = (STATIC / "app.js").read_text()
     assert re.findall(r"https?://[^\"' ]+", js) == ["http://www.w3.org/2000/svg"]  # a namespace name, not fetched
     assert "innerHTML" not in js
+
+
+def test_main_refuses_what_it_must_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from lab.web import server
+
+    def args(**kw: object) -> argparse.Namespace:
+        return argparse.Namespace(**{"port": 0, "bind": "::1", "interval": 1.0, **kw})
+
+    for bad, words in (
+        (args(bind="0.0.0.0"), "loopback only"),
+        (args(bind="2001:db8::1"), "loopback only"),
+        (args(bind="localhost"), "give ::1 or 127.0.0.1"),
+        (args(port=70000), "0..65535"),
+        (args(interval=5.0), "between 0.2 and 1"),
+    ):
+        with pytest.raises(server.WebError, match=words):
+            server.main(bad)
+    monkeypatch.setattr(server.os, "geteuid", lambda: 1000)
+    with pytest.raises(server.WebError, match="run it as root"):
+        server.main(args())
+    monkeypatch.setattr(server.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(server.control, "running_lab", lambda: None)
+    with pytest.raises(server.WebError, match="no lab is up"):
+        server.main(args())
+    monkeypatch.setattr(server.control, "running_lab", lambda: {"ready": False, "hosts": {}})
+    with pytest.raises(server.WebError, match="still starting"):
+        server.main(args())
