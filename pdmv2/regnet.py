@@ -158,10 +158,9 @@ class ServerConfig:
     deadline: float = 10.0
     """Seconds for the whole handshake, from accept to the last message."""
 
-    @property
-    def per_source(self) -> int:
-        """The per-source limit in force."""
-        return self.max_per_source or max(1, self.max_clients // 2)
+    def per_source(self, max_clients: int) -> int:
+        """The per-source limit when ``max_clients`` are served at once."""
+        return self.max_per_source or max(1, max_clients // 2)
 
 
 class PrimaryServer:
@@ -179,6 +178,9 @@ class PrimaryServer:
         self._server: asyncio.Server | None = None
         self._say = _EverySecond()
         self.max_clients = config.max_clients
+        """Served at once: --max-clients, or fewer when the descriptor limit does not fit it."""
+        self.per_source = config.per_source(config.max_clients)
+        """Connections one source may hold at once."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; returns the address and port actually bound (port 0 picks one)."""
@@ -203,6 +205,7 @@ class PrimaryServer:
 
         loop.set_exception_handler(on_loop_error)
         self.max_clients = _fit_fd_limit(self.config.max_clients)
+        self.per_source = self.config.per_source(self.max_clients)
         self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
@@ -224,12 +227,12 @@ class PrimaryServer:
         where = f"[{peer[0]}]:{peer[1]}" if peer else "?"
         cfg = self.config
         source = source_key(str(peer[0]), cfg.source_prefix) if peer else "?"
-        if self._per_source[source] >= cfg.per_source:
+        if self._per_source[source] >= self.per_source:
             self.limits["source_limited"] += 1
             self._say(
                 logging.WARNING,
                 "limit",
-                f"{source} holds {self._per_source[source]} connections (limit {cfg.per_source}); more answered BUSY",
+                f"{source} holds {self._per_source[source]} connections (limit {self.per_source}); more answered BUSY",
             )
             await self._refuse(writer, "too many connections from this source")
             return

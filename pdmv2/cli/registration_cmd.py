@@ -245,7 +245,7 @@ def _primary_server(args: argparse.Namespace) -> int:
         host, port = await server.start(args.listen, args.port)
         print(
             f"primary-server: listening on [{host}]:{port}, {len(config.allow.entries)} PC(s) allowed, "
-            f"at most {server.max_clients} at once and {config.per_source} per source, "
+            f"at most {server.max_clients} at once and {server.per_source} per source, "
             f"keys: {', '.join(i.fingerprint for i in identities.values())}",
             flush=True,
         )

@@ -208,6 +208,37 @@ def test_register_in_process_timing_under_500_held_connections(tmp_path: Path) -
     )
 
 
+def test_per_source_limit_answers_busy_at_once_and_others_are_served(tmp_path: Path) -> None:
+    async def main() -> None:
+        allow = AllowList((AllowEntry("pc1", PC.fingerprint),))
+        server = PrimaryServer(ServerConfig({PS.kem: PS}, allow, tmp_path, timeout=30.0, max_per_source=2))
+        _, port = await server.start("127.0.0.1", 0)
+        task = asyncio.create_task(server.serve_forever())
+        held = []
+        try:
+            for _ in range(2):  # the source's two slots, held
+                r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(HOSTILE, 0))
+                w.write(b"PR\x01")
+                held.append(w)
+            await asyncio.sleep(0.2)
+            r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(HOSTILE, 0))
+            t0 = time.monotonic()
+            answer = await read_message(r, 5)
+            assert isinstance(answer, ErrorMessage) and answer.code == ErrorCode.BUSY
+            assert time.monotonic() - t0 < 2  # at once, not after the 30 s timeout
+            w.close()
+            assert server.limits["source_limited"] == 1 and server.stats["busy"] == 0
+            # Another loopback address is another source.
+            assert (await register("127.0.0.1", port, client())).registration_id
+        finally:
+            for w in held:
+                w.close()
+            task.cancel()
+            await server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def _hold(port: int) -> list[socket.socket]:
     socks = []
     for _ in range(500):
@@ -283,6 +314,7 @@ def test_accept_emfile_is_counted_and_logged_quietly(tmp_path: Path) -> None:
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
     assert all(g >= 0.99 for g in gaps), gaps  # at most one line a second
     assert "does not fit the file descriptor limit" in log
+    assert "at most 8 at once and 4 per source" in log  # the per-source share follows the fitted limit
     stopped = next(line for line in log.splitlines() if "primary-server: stopped" in line)
     errors = int(stopped.split(" accept errors")[0].rsplit(" ", 1)[1])
     assert errors >= 1, stopped
