@@ -1,4 +1,4 @@
-"""tshark with the PDMv2 dissector on captures made by agents in namespaces (a — m — b).
+"""tshark with the PDMv2 dissector on captures made by agents in namespaces (a — m — b) and in the lab.
 
 Every pdmv2.* field of every option tshark shows must equal what ``pdmv2 decode --format json``
 says: clear options (link-local), encrypted options (ciphertext and tag) and the decrypted copy
@@ -8,10 +8,14 @@ written by ``pdmv2 decode --write``.  Hold the namespace lock:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from pdmv2.capture import write_decrypted
 from tests.e2e.test_agent import APPS, wait_line
 from tests.e2e.topo import PY, A, AgentTopo, B
 from tests.unit.test_capture_write import assert_row_matches, decode_json, tshark, tshark_rows
@@ -122,3 +126,53 @@ def test_decrypted_copy_shows_the_same_fields_in_the_clear(topo: AgentTopo) -> N
     assert len(server_delays) >= 5, server_delays
     assert all(4.9 < d < 7.5 for d in server_delays), server_delays
     assert A in {r["ipv6.src"] for r in rows.values()}
+
+
+def test_lab_capture_and_its_decrypted_copy_equal_pdmv2_decode(tmp_path: Path) -> None:
+    """The same comparison on a capture made in the Mininet lab (minimal topology), on sc1's link."""
+    from lab import state as labstate
+    from tests.e2e.test_lab import capture, in_host, keys_of, lab, stats, stop
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if labstate.load() is not None:
+        pytest.skip("a lab is already up on this machine; not touching it")
+    tshark()
+    sc1, ss1 = "2001:db8:1::10", "2001:db8:2::10"
+    try:
+        run = lab("up", "--topo", "minimal")
+        assert run.returncode == 0, run.stdout + run.stderr
+        pc_ll = in_host("pc", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout.split()[3]
+        pc_ll = pc_ll.split("/")[0]
+        deadline = time.monotonic() + 30  # a fresh agent may wait for its next key epoch (docs/protocol.md §8)
+        while stats("sc1")["counters"].get("egress_inserted", 0) < 2 and time.monotonic() < deadline:
+            in_host("sc1", "ping", "-6", "-c", "1", f"{pc_ll}%eth0")
+            in_host("sc1", "ping", "-6", "-c", "1", ss1)
+            time.sleep(0.5)
+        pcap = tmp_path / "sc1.pcap"
+        cap = capture("sc1", pcap)
+        for _ in range(3):
+            in_host("sc1", "ping", "-6", "-c", "1", f"{pc_ll}%eth0")
+        assert in_host("sc1", "ping", "-6", "-c", "5", "-i", "0.2", ss1).returncode == 0
+        stop(cap)
+        keys = keys_of("ss1", tmp_path)
+        decoded = decode_json(pcap, keys)["options"]
+        mine = [o for o in decoded if o["src"] == sc1 or o["dst"] == sc1 or o["dst"] == pc_ll]
+        assert {o["format"] for o in mine} == {"pdmv2-clear", "pdmv2-encrypted"}, mine
+        assert sum(o["status"] == "opened" for o in mine) >= 8
+        rows = tshark_rows(pcap)
+        for opt in decoded:
+            assert_row_matches(rows[opt["index"]], opt)
+        out = tmp_path / "sc1-decrypted.pcapng"
+        write_decrypted(pcap, keys, out)
+        copy = tshark_rows(out, "frame.comment", "icmpv6.checksum.status")
+        for opt in decoded:
+            row = copy[opt["index"]]
+            if opt["status"] == "opened":
+                assert_row_matches(row, opt, as_clear=True)
+                assert "decrypted" in row["frame.comment"] and row["icmpv6.checksum.status"] == "1"
+            else:
+                assert_row_matches(row, opt)
+    finally:
+        down = lab("down")
+        assert down.returncode == 0, down.stderr
