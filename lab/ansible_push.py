@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,11 @@ def main() -> int:
         if kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
             status = "failed" if kind != "runner_on_ok" else ("changed" if data.get("res", {}).get("changed") else "ok")
             counts[status] += 1
-            print(f"  ansible: {data.get('host')}: {data.get('task')}: {status}", file=sys.stderr, flush=True)
+            print(
+                f"{time.strftime('%H:%M:%S')} {data.get('host')}: {data.get('task')}: {status}",
+                file=sys.stderr,
+                flush=True,
+            )
             if kind == "runner_on_ok" and data.get("task") == LAST_TASK:
                 print(f"host-done {data.get('host')}", flush=True)
         return True

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,15 +74,22 @@ class LabDaemon:
             "fingerprints": {},
         }
         self._stop = False
+        self._lock = threading.Lock()
 
     # -- helpers -----------------------------------------------------------------------------------
 
     def step(self, text: str) -> None:
         """Record and print one step of the progress."""
         elapsed = time.time() - self.state["started"]
-        self.state["steps"].append(f"[{elapsed:6.1f}s] {text}")
-        labstate.save(self.state)
+        with self._lock:
+            self.state["steps"].append(f"[{elapsed:6.1f}s] {text}")
+            labstate.save(self.state)
         print(f"[{elapsed:6.1f}s] {text}", flush=True)
+
+    def save(self) -> None:
+        """Save the state (threads share it: one writer at a time)."""
+        with self._lock:
+            labstate.save(self.state)
 
     def run(
         self, host: str, *argv: str, input_text: str | None = None, check: bool = True, timeout: float = 120
@@ -374,7 +382,7 @@ class LabDaemon:
                 if line.startswith("host-done "):
                     progress["done"] += 1
                     if time.monotonic() - last_save > 0.5 or progress["done"] == progress["hosts"]:
-                        labstate.save(self.state)
+                        self.save()
                         last_save = time.monotonic()
                 elif line.strip():
                     summary = line.strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def load() -> dict[str, Any] | None:
 def save(state: dict[str, Any]) -> None:
     """Write the state atomically."""
     LAB_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = STATE.with_suffix(".tmp")
+    tmp = STATE.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer: no clash
     tmp.write_text(json.dumps(state, indent=1) + "\n")
     os.replace(tmp, STATE)
 
