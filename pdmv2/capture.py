@@ -30,7 +30,7 @@ from .core.errors import (
     ReplayError,
     UnknownKeyError,
 )
-from .core.flow import PdmEngine, Received, StaleKeyError
+from .core.flow import DEFAULT_EPOCH_NS, PdmEngine, Received, StaleKeyError
 from .core.keyring import EitherEndKeyring
 from .core.metrics import MetricsTracker, PacketRecord, summarize
 from .core.option import (
@@ -217,17 +217,28 @@ _STATUS = {
 }
 
 
-def _engine(keys_dir: Path | None) -> PdmEngine:
+OFFLINE_TRIES = 64
+
+
+def _engine(keys_dir: Path | None, epoch_ns: int) -> PdmEngine:
     keys = load_keys(keys_dir) if keys_dir is not None else None
     if keys_dir is not None and keys is None:
         raise ConfigError(str(keys_dir), "keys", "no *.json key files found")
-    # An observer: both ends' keys, a whole capture's worth of grace and idle time.
-    return PdmEngine(keys=EitherEndKeyring(keys) if keys is not None else None, grace_ns=3_600 * 10**9, idle_ns=10**18)
+    # An observer: both ends' keys, a whole capture's worth of grace and idle time, and (offline,
+    # no hurry) enough tries to find a sender's key at once wherever the resync search would.
+    # Capture timestamps are wall-clock time, which is what key epochs follow.
+    return PdmEngine(
+        keys=EitherEndKeyring(keys) if keys is not None else None,
+        grace_ns=3_600 * 10**9,
+        idle_ns=10**18,
+        epoch_ns=epoch_ns,
+        max_tries=OFFLINE_TRIES,
+    )
 
 
-def _walk(path: Path, keys_dir: Path | None) -> Iterator[_Seen]:
+def _walk(path: Path, keys_dir: Path | None, epoch_ns: int = DEFAULT_EPOCH_NS) -> Iterator[_Seen]:
     """Every frame of the capture; options read by one engine in capture order."""
-    engine = _engine(keys_dir)
+    engine = _engine(keys_dir, epoch_ns)
     for index, frame in enumerate(_frames(path), start=1):
         seen = _Seen(frame)
         pkt = ipv6_from_frame(frame.data, frame.linktype)
@@ -303,13 +314,13 @@ def _walk(path: Path, keys_dir: Path | None) -> Iterator[_Seen]:
         yield seen
 
 
-def decode_capture(path: Path, keys_dir: Path | None) -> DecodeResult:
-    """Decode every PDM/PDMv2 option in the capture."""
+def decode_capture(path: Path, keys_dir: Path | None, *, epoch_ns: int = DEFAULT_EPOCH_NS) -> DecodeResult:
+    """Decode every PDM/PDMv2 option in the capture (``epoch_ns``: the agents' key_epoch_s)."""
     tracker = MetricsTracker()
     values: dict[Any, dict[str, list[float]]] = {}
     out: list[DecodedOption] = []
     frames = 0
-    for seen in _walk(path, keys_dir):
+    for seen in _walk(path, keys_dir, epoch_ns):
         frames += 1
         if seen.item is not None:
             out.append(seen.item)
@@ -434,7 +445,7 @@ def _copy_of(seen: _Seen) -> tuple[bytes, int, list[bytes], str | None]:
     return frame.data, frame.wirelen, comments, item.status
 
 
-def write_decrypted(capture: Path, keys_dir: Path, out: Path) -> WriteSummary:
+def write_decrypted(capture: Path, keys_dir: Path, out: Path, *, epoch_ns: int = DEFAULT_EPOCH_NS) -> WriteSummary:
     """Write a pcapng copy of ``capture`` with every encrypted option that opens in the clear layout.
 
     Each rewritten packet gets a comment saying it was decrypted, its original Option Length and
@@ -448,7 +459,7 @@ def write_decrypted(capture: Path, keys_dir: Path, out: Path) -> WriteSummary:
 
     if out.exists() and out.resolve() == capture.resolve():
         raise ConfigError(str(out), "write", "would overwrite the capture being read")
-    walk = _walk(capture, keys_dir)  # opens the key files before anything is written
+    walk = _walk(capture, keys_dir, epoch_ns)  # opens the key files before anything is written
     summary = WriteSummary(out, 0, 0)
     left: Counter[str] = Counter()
     partial = out.with_name(out.name + ".partial")  # renamed once complete: never a half-written copy

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.flow import DEFAULT_EPOCH_NS
 
 DEFAULT_CONFIG = Path("/etc/pdmv2")
 DEFAULT_RUN = Path("/run/pdmv2")
@@ -105,6 +106,13 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="OUT.pcapng",
         help="write a decrypted copy of the capture (needs --keys) and print a summary",
     )
+    d.add_argument(
+        "--key-epoch-s",
+        type=int,
+        default=DEFAULT_EPOCH_NS // 1_000_000_000,
+        metavar="S",
+        help="the agents' key_epoch_s policy setting (default %(default)s)",
+    )
     d.set_defaults(func=_decode)
 
 
@@ -198,8 +206,8 @@ def _decode(args: argparse.Namespace) -> int:
     if args.write is not None:
         if args.keys is None:
             raise ConfigError("pdmv2 decode", "--keys", "--write needs the key files that open the options")
-        print(write_decrypted(args.capture, args.keys, args.write))
+        print(write_decrypted(args.capture, args.keys, args.write, epoch_ns=args.key_epoch_s * 1_000_000_000))
         return 0
-    result = decode_capture(args.capture, args.keys)
+    result = decode_capture(args.capture, args.keys, epoch_ns=args.key_epoch_s * 1_000_000_000)
     sys.stdout.write(render(result, args.format))
     return 0

@@ -72,7 +72,8 @@ _ENC_PREFIX = bytes((OPTION_TYPE_PDM, OptionLength.PDMV2_ENCRYPTED, PDMV2_VERSIO
 DEFAULT_EPOCH_NS = 8_000_000_000
 """Length of a key epoch (policy ``key_epoch_s``); both ends of a flow must use the same."""
 RESERVE_AHEAD = 15
-"""Rotations reserved at once beyond the one needed: one disk write per epoch and per 16 rotations."""
+"""Rotations reserved at once, in aligned blocks of 16 (a bit mask): one disk write per epoch and per
+16 rotations."""
 _LAST_ROTATION = (1 << KRI_ROTATION_BITS) - 1
 _RESYNC_ROTATIONS = 32  # a receiver that lost the sender searches rotations 0..31 of three epochs
 _RESYNC_DELTAS = (0, -1, 1)
@@ -251,7 +252,7 @@ class PdmEngine:
         recv_floor: int = -1,
         reserve: Callable[[int], bool] | None = None,
         record_rx: Callable[[int], bool] | None = None,
-        max_tries: int = 6,
+        max_tries: int = 8,
     ) -> None:
         if not 1 <= rotate_after <= PRSEQ_PERIOD:
             raise EncodeError("rotate_after", f"must be in 1..{PRSEQ_PERIOD}")
@@ -392,7 +393,9 @@ class PdmEngine:
         else:
             return None
         if new > self._reserved:
-            reservation = new + RESERVE_AHEAD
+            # Whole blocks of RESERVE_AHEAD + 1 rotations: a restarted sender starts on a block
+            # boundary, which a receiver that kept its state tries early (_candidates).
+            reservation = new | RESERVE_AHEAD
             if self._reserve is not None and not self._reserve(reservation):
                 raise KeyWaitError("the nonce reservation could not be recorded")
             self._reserved = reservation
@@ -580,6 +583,9 @@ class PdmEngine:
             # After a quiet spell it is in the receiver's current epoch (or, by skew, the next one).
             last = kri_epoch(cur)
             out += [kri_of(e, f) for e in dict.fromkeys((last + 1, epoch, epoch + 1)) if e > last]
+            # A sender that restarted within the epoch goes on at the next reservation block.
+            block = (cur | RESERVE_AHEAD) + 1 + f
+            out += (block, block + RESERVE_AHEAD + 1)
         else:
             out += [kri_of(epoch + d, f) for d in _RESYNC_DELTAS if epoch + d >= 0]
         # The rest of the budget walks the resync space, where the last packet's search stopped.
