@@ -2,7 +2,10 @@
 
 Three background threads, all read-only:
 
-* agents: ``pdmv2 stats --json`` inside every SC and SS (through lab.control), about once a second;
+* agents: inside every SC and SS (through lab.control), once a second, what ``pdmv2 stats --json``
+  prints: a small watcher per host (lab/web/agentwatch.py, one Python start-up, then one query of
+  the agent's control socket a second); past MAX_WATCHERS secondaries, ``pdmv2 stats --json`` in
+  rounds instead (no process per host held open);
 * capture: tcpdump on the observer's interface (a router's, when the topology has no observer),
   its pcap stream read as it comes, each packet decoded twice by ``LiveDecoder``;
 * keys: the secondary servers' key files, read from inside those hosts (``cat``), kept in memory
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +34,8 @@ from pdmv2.core.errors import ConfigError
 __all__ = ["Collector", "lab_topology", "agent_view", "COUNTERS", "KEY_FILES"]
 
 KEY_FILES = ("/etc/pdmv2/keys/server.json",)
+MAX_WATCHERS = 24  # secondaries watched by a process each; more are polled in rounds
+REPO = Path(__file__).resolve().parent.parent.parent
 # What the page shows per agent: label -> the agent's counter (pdmv2.core.packetproc.Outcome names).
 # The agent reports only counters that moved: one it does not report reads 0.
 COUNTERS: dict[str, str] = {
@@ -93,7 +99,8 @@ class Collector:
             n.name: {"host": n.name, "role": n.role, "status": "?", "detail": "not polled yet", "counters": {}}
             for n in self.secondaries
         }
-        self._agents_at = 0.0
+        self._agent_seen: dict[str, float] = {}
+        self._watchers: list[subprocess.Popen[str]] = []
         self._decoder = LiveDecoder(None)
         self._keys_from: list[str] = []
         self._key_texts: dict[str, str] = {}
@@ -121,6 +128,17 @@ class Collector:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        with self._lock:
+            watchers = list(self._watchers)
+        for w in watchers:
+            if w.poll() is None:
+                w.terminate()
+        for w in watchers:
+            try:
+                w.wait(5)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait(5)
         for t in self._threads:
             t.join(5)
 
@@ -138,23 +156,57 @@ class Collector:
         except ValueError:
             return agent_view(name, role, None, "pdmv2 stats printed no JSON")
 
+    def _set_agent(self, view: dict[str, Any]) -> None:
+        with self._lock:
+            self._agents[view["host"]] = view
+            self._agent_seen[view["host"]] = time.time()
+
+    def _watch_agent(self, name: str, role: str) -> None:
+        """One watcher process in the host; its JSON lines are the agent's stats."""
+        while not self._stop.is_set():
+            proc = self.hosts[name].popen(
+                sys.executable, "-m", "lab.web.agentwatch", "/run/pdmv2", str(self.poll_s),
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, cwd=REPO,
+            )  # fmt: skip
+            with self._lock:
+                self._watchers.append(proc)
+            if self._stop.is_set():
+                proc.terminate()
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                self._set_agent(agent_view(name, role, doc.get("stats"), str(doc.get("error", ""))))
+            proc.wait()
+            if not self._stop.is_set() and self._lab_up:
+                self._set_agent(agent_view(name, role, None, f"the watcher in {name} exited ({proc.returncode})"))
+            self._stop.wait(2.0)
+
     def _poll_agents(self) -> None:
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="web-agent") as pool:
+        watched = len(self.secondaries) <= MAX_WATCHERS
+        if watched:
+            for n in self.secondaries:
+                t = threading.Thread(target=self._watch_agent, args=(n.name, str(n.role)), name=f"web-watch-{n.name}")
+                t.daemon = True
+                t.start()
+                self._threads.append(t)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="web-agent") as pool:
             while not self._stop.is_set():
                 t0 = time.monotonic()
                 if control.running_lab() is None:
                     with self._lock:
                         self._lab_up = False
                         for n in self.secondaries:
-                            self._agents[n.name] = agent_view(n.name, n.role, None, "the lab is down")
+                            self._agents[n.name] = agent_view(n.name, str(n.role), None, "the lab is down")
                     self._stop.wait(self.poll_s)
                     continue
-                views = list(pool.map(lambda n: self._poll_one(n.name, n.role), self.secondaries))
                 with self._lock:
                     self._lab_up = True
-                    for v in views:
-                        self._agents[v["host"]] = v
-                    self._agents_at = time.time()
+                if not watched:
+                    for v in pool.map(lambda n: self._poll_one(n.name, str(n.role)), self.secondaries):
+                        self._set_agent(v)
                 self._stop.wait(max(0.2, self.poll_s - (time.monotonic() - t0)))
 
     def _poll_keys(self) -> None:
@@ -232,8 +284,17 @@ class Collector:
                     "started": self.state.get("started"),
                 },
                 "graph": self.graph,
-                "agents": [self._agents[n.name] for n in self.secondaries],
-                "agents_polled_s_ago": now - self._agents_at if self._agents_at else None,
+                "agents": [
+                    {**self._agents[n.name], "age_s": now - self._agent_seen[n.name]}
+                    if n.name in self._agent_seen
+                    else self._agents[n.name]
+                    for n in self.secondaries
+                ],
+                "agents_polled_s_ago": (
+                    now - min(self._agent_seen.get(n.name, 0.0) for n in self.secondaries)
+                    if self.secondaries and all(n.name in self._agent_seen for n in self.secondaries)
+                    else None
+                ),
                 "flows": self._decoder.flows(now),
                 "packets": packets,
                 "capture": {

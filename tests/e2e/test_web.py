@@ -86,9 +86,10 @@ def web_url(minimal_lab: dict[str, Any]) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        # the view's capture (tcpdump in the router) ends with it
+        # the view's capture (tcpdump in the router) and agent watchers end with it
         left = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False).stdout
         assert "tcpdump -i eth1 -U -n --immediate-mode -s 512 -w -" not in left
+        assert "lab.web.agentwatch" not in left
 
 
 @pytest.fixture

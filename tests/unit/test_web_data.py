@@ -7,6 +7,7 @@ import ipaddress
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import UDP
@@ -283,3 +284,54 @@ def test_main_refuses_what_it_must_with_a_clear_message(monkeypatch: pytest.Monk
     monkeypatch.setattr(server.control, "running_lab", lambda: {"ready": False, "hosts": {}})
     with pytest.raises(server.WebError, match="still starting"):
         server.main(args())
+
+
+def test_agentwatch_streams_the_agents_stats_and_says_when_there_is_none(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    repo = Path(__file__).resolve().parent.parent.parent
+    run = tmp_path / "run"
+    run.mkdir()
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "lab.web.agentwatch", str(run), "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=repo,
+    )
+    try:
+        assert watch.stdout is not None
+        first = json.loads(watch.stdout.readline())
+        assert "no agent socket" in first["error"]
+        # a stand-in agent on the control socket: answers "stats" with one JSON line
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(run / "agent.sock"))
+        server.listen(4)
+        asked = []
+
+        def serve() -> None:
+            for n in range(3):
+                conn, _ = server.accept()
+                with conn:
+                    asked.append(conn.recv(64))
+                    conn.sendall(json.dumps({"counters": {"ingress_read": n}, "keys": "k"}).encode() + b"\n")
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        reads = []
+        while len(reads) < 3:
+            doc = json.loads(watch.stdout.readline())
+            if "stats" in doc:
+                reads.append(doc["stats"]["counters"]["ingress_read"])
+        assert reads == [0, 1, 2] and asked[0] == b"stats\n"
+        server.close()
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    bad = subprocess.run(
+        [sys.executable, "-m", "lab.web.agentwatch"], capture_output=True, text=True, cwd=repo, check=False
+    )
+    assert bad.returncode == 2 and "usage" in bad.stderr
