@@ -66,6 +66,10 @@ local ef_encrypted = ProtoExpert.new("pdmv2.encrypted", "PDMv2 metrics are encry
     expert.group.SECURITY, expert.severity.NOTE)
 pdmv2.experts = { ef_malformed, ef_encrypted }
 
+-- Frame number -> one line for the Info column, added by the post-dissector below once the
+-- upper layers have written theirs (they overwrite whatever is set before them).
+local summaries = {}
+
 -- DELTA << SCALE attoseconds, in ns.  A double holds 16 significant bits times any power of two
 -- exactly, so this is the same value `pdmv2 decode` prints (delta_as / 1e9).
 local function scaled_ns(delta, scale)
@@ -136,13 +140,16 @@ local function dissect_option(tvb, pinfo, tree, off, avail)
         add_time(t, pf.delta_tls_ns, tvb(b + 12, 2), s_tls)
         t:append_text(string.format(", clear: GP %d, PSNTP %d, PSNLR %d",
             tvb(b + 2, 4):uint(), tvb(b + 6, 2):uint(), tvb(b + 8, 2):uint()))
+        summaries[pinfo.number] = string.format("[PDMv2 PSNTP=%d PSNLR=%d GP=%d DTLR=%.3f ms]",
+            tvb(b + 6, 2):uint(), tvb(b + 8, 2):uint(), tvb(b + 2, 4):uint(),
+            scaled_ns(tvb(b + 10, 2):uint(), s_tlr) / 1e6)
     else
         t:add(pf.ciphertext, tvb(off + 6, SEALED_FIELDS_LEN))
         t:add(pf.tag, tvb(off + 6 + SEALED_FIELDS_LEN, TAG_LEN))
         t:add_proto_expert_info(ef_encrypted, "PDMv2 metrics are encrypted (decrypt with `pdmv2 decode --write`)")
         t:append_text(string.format(", encrypted: Random Number %d, F %d", rn, fbit))
+        summaries[pinfo.number] = string.format("[PDMv2 encrypted RN=%d F=%d]", rn, fbit)
     end
-    pinfo.cols.protocol:append("/PDMv2")
 end
 
 -- Walk the options of the Destination Options header at the start of tvb (RFC 8200 section 4.2).
@@ -187,3 +194,18 @@ function pdmv2.dissector(tvb, pinfo, tree)
 end
 
 ip_proto:add(60, pdmv2)
+
+function pdmv2.init()
+    summaries = {}
+end
+
+local pdmv2_info = Proto("pdmv2_info", "PDMv2 summary in the Info column")
+
+function pdmv2_info.dissector(tvb, pinfo, tree)
+    local line = summaries[pinfo.number]
+    if line ~= nil then
+        pinfo.cols.info:append(" " .. line)
+    end
+end
+
+register_postdissector(pdmv2_info)

@@ -153,3 +153,21 @@ def test_a_truncated_option_is_flagged_not_a_lua_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 0 and "Lua" not in done.stderr, done.stderr
     assert "Malformed PDMv2 option: option of 20 octets runs past the header end" in done.stdout
+
+
+def test_the_info_column_names_each_option(syn: Synthetic) -> None:
+    decoded = {o["index"]: o for o in decode_json(syn.pcap, syn.client_keys)["options"]}
+    args = [tshark(), "-n", "-r", str(syn.pcap), "-X", f"lua_script:{DISSECTOR}", "-T", "fields"]
+    done = subprocess.run(
+        [*args, "-e", "frame.number", "-e", "_ws.col.Info"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    info = {int(n): text for n, text in (line.split("\t", 1) for line in done.stdout.splitlines())}
+    for n, opt in decoded.items():
+        if opt["format"] == "pdmv2-encrypted":
+            assert info[n].endswith(f"[PDMv2 encrypted RN={opt['random_number']} F={opt['f']}]"), info[n]
+        elif opt["format"] == "pdmv2-clear":
+            assert f"[PDMv2 PSNTP={opt['psntp']} PSNLR={opt['psnlr']} GP={opt['global_pointer']} DTLR=" in info[n]
+    assert "PDMv2" not in info[len(syn.frames)]  # the last frame has no option
