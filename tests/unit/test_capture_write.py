@@ -477,3 +477,21 @@ def test_personal_plugins_dir_follows_tshark() -> None:
     )
     assert personal_plugins_dir(folders, Path("/x")) == Path("/home/u/.local/lib/wireshark/plugins")
     assert personal_plugins_dir(None, Path("/x")) == Path("/x/.local/lib/wireshark/plugins")
+
+
+def test_an_option_before_a_routing_header_is_overwritten_in_place() -> None:
+    from scapy.layers.inet6 import IPv6ExtHdrRouting
+
+    from pdmv2.capture import _replace_option
+
+    raw = bytes(IPv6(src=A, dst=B) / IPv6ExtHdrRouting(addresses=["2001:db8:2::21"]) / UDP(sport=1, dport=2) / b"x")
+    sealed = bytes((0x0F, 0x22, 0x20, 0, 0, 2)) + bytes(range(30))
+    pkt = raw[:6] + b"\x3c" + raw[7:40] + build_dest_opts(43, [sealed]) + raw[40:]
+    pkt = pkt[:4] + (len(pkt) - 40).to_bytes(2, "big") + pkt[6:]
+    info = parse_packet(pkt)
+    assert info.refuse == "routing header"  # insert_option refuses: the in-place fallback runs
+    clear = bytes((0x0F, 0x12, 0x20, 0, 0, 2)) + bytes(range(14))
+    new = _replace_option(pkt, info, clear)
+    assert len(new) == len(pkt) and parse_packet(new).pdm_option == clear
+    assert new[info.pdm_offset + 20 : info.pdm_offset + 22] == bytes((0x01, 14))  # PadN over the freed 16 octets
+    assert IPv6(new)[UDP].chksum == IPv6(pkt)[UDP].chksum and bytes(IPv6(new)[UDP]) == bytes(IPv6(pkt)[UDP])
