@@ -108,6 +108,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
+        "--disable-dev-shm-usage",  # a small /dev/shm in a container must not crash the renderer
         "--window-size=1400,1700",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):
