@@ -62,8 +62,8 @@ function drawTopology(g) {
     grp.append(sv("rect", { x: s.x - 55, y: s.y - 13, width: 110, height: 26, rx: 6 }));
     grp.append(sv("text", { x: s.x, y: s.y + 4, "text-anchor": "middle", class: "seg-name" }, s.name));
     grp.append(sv("text", { x: s.x, y: s.y - 20, "text-anchor": "middle", class: "seg-prefix" }, s.prefixes.join(" ")));
-    if (s.observed) grp.append(sv("text", { x: s.x, y: s.y - 36, "text-anchor": "middle", class: "seg-watch" }, "observer watches this segment"));
-    else if (s.captured) grp.append(sv("text", { x: s.x, y: s.y - 36, "text-anchor": "middle", class: "seg-watch" }, "captured here (stand-in observer)"));
+    if (s.observed) grp.append(sv("text", { x: s.x, y: s.y - 36, "text-anchor": "middle", class: "seg-watch" }, "observer watches"));
+    else if (s.captured) grp.append(sv("text", { x: s.x, y: s.y - 36, "text-anchor": "middle", class: "seg-watch" }, "captured here"));
     if (s.more) grp.append(sv("text", { x: s.x + 22, y: 70 + 58 * 13 + 4, class: "more" }, `+${s.more} more`));
     svg.append(grp);
   }
