@@ -4,9 +4,10 @@ The packet thread runs entirely in C (pdmv2/native/_datapath.c: NFQUEUE, parsing
 AEAD, flow state, verdicts in batches).  This module is what stays in Python, off the packet path:
 
 - key derivation: the C path asks (an eventfd wakes the control thread) for the session key of a
-  (direction, Kri) it does not hold, and passes that packet unmeasured meanwhile; the answer is
-  installed into its bounded key table (or a "no key" entry when no key file covers the flow);
-  derivations are limited per peer /64 like the Python path's;
+  (direction, Kri) it does not hold and holds that packet (at most 64 packets, at most HOLD_NS);
+  the answer is installed into its bounded key table (or a "no key" entry when no key file covers
+  the flow) and the held packets are processed again; a packet whose key does not come in time
+  goes out unmeasured; derivations are limited per peer /64 like the Python path's;
 - nonce reservations: made durable on disk (the agent's NonceReservation) before the C path may
   use the Kri;
 - the random pool the C path draws PSNTP starts and PRSEQ seeds from (os.urandom);
@@ -49,6 +50,8 @@ log = logging.getLogger("pdmv2.agent")
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _DRAIN_MAX = 8192
 _POOL_LOW = 2048
+HOLD_NS = 20_000_000
+"""Longest a packet waits for its key (first packet of a flow or key epoch); then it goes out unmeasured."""
 
 
 def native_available() -> tuple[bool, str]:
@@ -166,9 +169,10 @@ class NativeLoop:
     # -- control thread --------------------------------------------------------------------------
 
     def _control(self) -> None:
+        held = 0
         while self._running:
             try:
-                ready, _, _ = select.select([self._notify, self._stop_r], [], [], 0.05)
+                ready, _, _ = select.select([self._notify, self._stop_r], [], [], 0.002 if held else 0.05)
                 if self._stop_r in ready:
                     return
                 if self._notify in ready:
@@ -177,6 +181,7 @@ class NativeLoop:
                     except BlockingIOError:
                         pass
                 self.serve()
+                held = self.dp.release_held(HOLD_NS)
                 self.drain()
                 self._refill()
             except Exception as exc:  # the control plane must never die; the packet path goes on
@@ -261,6 +266,8 @@ class NativeLoop:
                 "kernel_timestamping_on": bool(self.timestamps and self.timestamps.on),
                 "records_dropped_ring": st["records_dropped"],
                 "records_drained": self.records_drained,
+                "held_for_key": st["held"],
+                "held_expired": st["held_expired"],
                 "key_requests": st["key_requests"],
                 "key_requests_dropped": st["requests_dropped"],
                 "keys_installed": self.keys_installed,
@@ -319,6 +326,8 @@ def attach(agent: Any, datapath: str) -> NativeLoop | None:
         pr = record_to_packet_record(rec)
         if pr is not None:
             proc._record(pr)
+        else:  # auth_failed, replay, stale_key: logged like the Python path (rate-limited)
+            agent._logs.warn(f"{rec.direction}_{rec.outcome}", f"option from {rec.flow} not read", rec.t_ns)
         writer = agent._records
         if writer is not None:
             writer.write(json_line(rec, loop.wall_offset_ns))

@@ -66,6 +66,14 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="N",
         help="records files kept, the current one included (1..100, default 2)",
     )
+    a.add_argument(
+        "--datapath",
+        choices=("python", "native"),
+        default=os.environ.get("PDMV2_DATAPATH") or "python",
+        help="per-packet path: python (the reference engine, default) or native (C: NFQUEUE, option and AEAD "
+        "compiled); default from $PDMV2_DATAPATH when set. native falls back to python, with a log "
+        "line, when the extension is not built",
+    )
     a.add_argument("--check", action="store_true", help="validate policy and keys, print a summary, exit")
     a.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     a.set_defaults(func=_agent)
@@ -132,6 +140,8 @@ def _agent(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if args.datapath not in ("python", "native"):
+        raise ConfigError("PDMV2_DATAPATH", "datapath", f"{args.datapath!r} is not python or native")
     paths = AgentPaths(args.config, args.run, args.policy, args.keys, args.state)
     if args.check:
         agent = Agent(paths, queue=args.queue, install_rules=False)
@@ -148,6 +158,7 @@ def _agent(args: argparse.Namespace) -> int:
         queue=args.queue,
         records_max_bytes=max(4096, int(args.records_max_mb * 2**20)),
         records_files=args.records_files,
+        datapath=args.datapath,
     )
     return agent.run(ready=lambda: print(f"agent ready (queue {args.queue}, run dir {paths.run_dir})", flush=True))
 

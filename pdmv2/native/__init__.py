@@ -210,7 +210,6 @@ def apply_policy(dp: Any, policy: Policy, *, epoch_ns: int | None = None, max_tr
         "grace_ns": policy.grace_ms * 1_000_000,
         "mtu": policy.mtu,
         "drop_on_auth_failure": policy.on_auth_failure == "drop",
-        "records": policy.records,
     }
     if epoch_ns is not None:
         settings["epoch_ns"] = epoch_ns

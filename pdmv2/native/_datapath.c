@@ -329,6 +329,16 @@ typedef struct {
 typedef struct { uint8_t kind, seal, pad[6]; uint64_t kri; tkey_t key; } req_t;
 #define REQ_RING 256
 
+/* A packet held while Python derives its key (or makes a reservation durable): at most HELD_MAX,
+ * for at most the hold time Python gives; then it goes out unmeasured. */
+#define HELD_MAX 64
+typedef struct {
+    uint32_t id;
+    int hook, len;
+    int64_t t, held_at;
+    uint8_t *buf;
+} held_t;
+
 typedef struct {
     struct DatapathObject *d;
     struct nfq_q_handle *qh;
@@ -383,6 +393,9 @@ typedef struct DatapathObject {
     int64_t last_egress_flow; /* index+1 of the flow of the last egress with an option */
     struct nfq_handle *nfq_h;
     loopctx_t loop;
+    held_t held[HELD_MAX];
+    int nheld;
+    uint64_t c_held, c_held_expired;
 } DatapathObject;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1054,7 +1067,7 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
     uint8_t fields[14];
     uint64_t kri = 0;
     uint16_t rn = 0;
-    if (olen != 36 && mode_for(d, pkt + 8) == MODE_ENC) {
+    if ((olen == 12 || olen == 20) && mode_for(d, pkt + 8) == MODE_ENC) { /* (other lengths: bad_option) */
         /* downgrade: policy expects this peer to encrypt; never touches state, records or metrics */
         *drop = d->drop_on_auth_failure;
         return O_DOWNGRADE;
@@ -1585,12 +1598,13 @@ static PyObject *Datapath_stats(DatapathObject *d, PyObject *Py_UNUSED(a)) {
         PyTuple_SET_ITEM(out, i, PyLong_FromUnsignedLongLong(d->c_out[i]));
     }
     PyObject *r = (in && out) ? Py_BuildValue(
-        "{sNsNsKsKsKsKsKsKsKsKsIsIsIsI}", "ingress", in, "egress", out, "handled", (unsigned long long)d->c_handled,
+        "{sNsNsKsKsKsKsKsKsKsKsIsIsIsIsKsKsi}", "ingress", in, "egress", out, "handled", (unsigned long long)d->c_handled,
         "busy_ns", (unsigned long long)d->c_busy_ns, "records_dropped", (unsigned long long)d->rec_dropped,
         "key_requests", (unsigned long long)d->c_key_requests, "requests_dropped",
         (unsigned long long)d->c_req_dropped, "not_read", (unsigned long long)d->c_not_read, "batches",
         (unsigned long long)d->c_batches, "kernel_timestamps", (unsigned long long)d->c_kernel_ts, "flows",
-        d->nflows, "gp_link_local", d->gp[0], "gp_global", d->gp[1], "pool", d->pool_count) : NULL;
+        d->nflows, "gp_link_local", d->gp[0], "gp_global", d->gp[1], "pool", d->pool_count, "held",
+        (unsigned long long)d->c_held, "held_expired", (unsigned long long)d->c_held_expired, "held_now", d->nheld) : NULL;
     UNLOCK(d);
     if (!r) { Py_XDECREF(in); Py_XDECREF(out); }
     return r;
@@ -1606,6 +1620,55 @@ static void flush_batch(loopctx_t *c) {
         c->d->c_batches++;
         c->pending = 0;
     }
+}
+
+static void give_verdict(loopctx_t *c, uint32_t id, int changed, int drop) {
+    DatapathObject *d = c->d;
+    if (changed) {
+        flush_batch(c); /* keep the order: everything before this packet goes first */
+        /* last_send stays the time read just before sealing (the time the option carries): on a
+         * veth the verdict call itself delivers the packet to the peer, so a time read after it
+         * would be later than the peer's receive stamp and make RTT samples negative. */
+        nfq_set_verdict(c->qh, id, NF_ACCEPT, (uint32_t)d->out_len, d->out);
+    } else if (drop) {
+        flush_batch(c);
+        nfq_set_verdict(c->qh, id, NF_DROP, 0, NULL);
+    } else if (d->nheld) {
+        nfq_set_verdict(c->qh, id, NF_ACCEPT, 0, NULL); /* a batch would take the held packets along */
+    } else {
+        c->pending_id = id;
+        c->pending = 1;
+    }
+}
+
+/* Process the held packets again (Python has answered, or they waited max_age_ns): verdict each
+ * that is decided; returns how many are still held.  Caller holds d->mu. */
+static int release_held(DatapathObject *d, int64_t max_age_ns) {
+    loopctx_t *c = &d->loop;
+    int64_t now = mono_ns();
+    int kept = 0;
+    for (int i = 0; i < d->nheld; i++) {
+        held_t h = d->held[i];
+        int changed = 0, drop = 0, out;
+        out = h.hook == HOOK_EGRESS ? egress(d, h.buf, h.len, -1, &changed) : ingress(d, h.buf, h.len, h.t, &drop);
+        if ((out == O_KEY_PENDING || out == O_RESERVE_PENDING) && now - h.held_at < max_age_ns) {
+            d->held[kept++] = h;
+            continue;
+        }
+        if (out == O_KEY_PENDING || out == O_RESERVE_PENDING) d->c_held_expired++;
+        if (h.hook == HOOK_EGRESS) d->c_out[out]++;
+        else d->c_in[out]++;
+        if (c->qh) {
+            if (changed) {
+                nfq_set_verdict(c->qh, h.id, NF_ACCEPT, (uint32_t)d->out_len, d->out);
+            } else {
+                nfq_set_verdict(c->qh, h.id, drop ? NF_DROP : NF_ACCEPT, 0, NULL);
+            }
+        }
+        free(h.buf);
+    }
+    d->nheld = kept;
+    return kept;
 }
 
 static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_data *nfa, void *data) {
@@ -1624,12 +1687,12 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_d
         nfq_set_verdict(qh, id, NF_ACCEPT, 0, NULL);
         return 0;
     }
+    int64_t now = -1;
     if (ph->hook == NF_INET_LOCAL_OUT) {
         out = egress(d, payload, n, -1, &changed);
-        d->c_out[out]++;
     } else {
         struct timeval tv;
-        int64_t now = t0;
+        now = t0;
         if (nfq_get_timestamp(nfa, &tv) == 0 && (tv.tv_sec || tv.tv_usec)) {
             int64_t k = ((int64_t)tv.tv_sec * 1000000000LL + (int64_t)tv.tv_usec * 1000LL) - d->wall_offset_ns;
             if (k <= t0 && t0 - k < 1000000000LL) {
@@ -1638,19 +1701,28 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_d
             }
         }
         out = ingress(d, payload, n, now, &drop);
-        d->c_in[out]++;
     }
-    if (changed) {
-        flush_batch(c); /* keep the order: everything before this packet goes first */
-        nfq_set_verdict(qh, id, NF_ACCEPT, (uint32_t)d->out_len, d->out);
-        if (d->last_egress_flow) F(d, (uint32_t)d->last_egress_flow)->last_send = mono_ns(); /* after the verdict */
-    } else if (drop) {
-        flush_batch(c);
-        nfq_set_verdict(qh, id, NF_DROP, 0, NULL);
-    } else {
-        c->pending_id = id;
-        c->pending = 1;
+    if ((out == O_KEY_PENDING || out == O_RESERVE_PENDING) && d->nheld < HELD_MAX) {
+        held_t *h = &d->held[d->nheld];
+        h->buf = malloc((size_t)n);
+        if (h->buf) { /* held until Python answers (release_held); no verdict yet */
+            memcpy(h->buf, payload, (size_t)n);
+            h->id = id;
+            h->hook = ph->hook == NF_INET_LOCAL_OUT ? HOOK_EGRESS : HOOK_INGRESS;
+            h->len = n;
+            h->t = now;
+            h->held_at = t0;
+            d->nheld++;
+            d->c_held++;
+            flush_batch(c); /* what came before goes out; nothing after may be batched past it */
+            d->c_handled++;
+            d->c_busy_ns += (uint64_t)(mono_ns() - t0);
+            return 0;
+        }
     }
+    if (ph->hook == NF_INET_LOCAL_OUT) d->c_out[out]++;
+    else d->c_in[out]++;
+    give_verdict(c, id, changed, drop);
     d->c_handled++;
     d->c_busy_ns += (uint64_t)(mono_ns() - t0);
     return 0;
@@ -1734,6 +1806,9 @@ static PyObject *Datapath_serve(DatapathObject *d, PyObject *args) {
 
 /* unbind_queue(): after serve() returned. */
 static PyObject *Datapath_unbind_queue(DatapathObject *d, PyObject *Py_UNUSED(a)) {
+    LOCK(d);
+    if (d->nheld) release_held(d, 0); /* every held packet gets its verdict */
+    UNLOCK(d);
     if (d->nfq_h) {
         nfq_destroy_queue(d->loop.qh);
         nfq_close(d->nfq_h);
@@ -1741,6 +1816,17 @@ static PyObject *Datapath_unbind_queue(DatapathObject *d, PyObject *Py_UNUSED(a)
         d->loop.qh = NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* release_held(max_age_ns) -> packets still held */
+static PyObject *Datapath_release_held(DatapathObject *d, PyObject *args) {
+    long long max_age;
+    if (!PyArg_ParseTuple(args, "L", &max_age)) return NULL;
+    int kept;
+    LOCK(d);
+    kept = d->nheld ? release_held(d, max_age) : 0;
+    UNLOCK(d);
+    return PyLong_FromLong(kept);
 }
 
 static PyObject *Datapath_set_notify_fd(DatapathObject *d, PyObject *args) {
@@ -1775,6 +1861,8 @@ static PyMethodDef Datapath_methods[] = {
     {"serve", (PyCFunction)Datapath_serve, METH_VARARGS, "serve(stop_fd): the packet loop, GIL released"},
     {"unbind_queue", (PyCFunction)Datapath_unbind_queue, METH_NOARGS, "unbind the queue"},
     {"set_notify_fd", (PyCFunction)Datapath_set_notify_fd, METH_VARARGS, "eventfd written on each request"},
+    {"release_held", (PyCFunction)Datapath_release_held, METH_VARARGS,
+     "release_held(max_age_ns) -> held: process held packets again, verdict what is decided"},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject DatapathType = {

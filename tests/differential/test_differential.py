@@ -233,10 +233,14 @@ def test_rfc8200_placement_and_downgrade_are_handled_identically() -> None:
         base / IPv6ExtHdrHopByHop(options=[Pad1()] * 2 + opts) / payload,  # PDM in the Hop-by-Hop header
         base / IPv6ExtHdrDestOpt(options=clear_opt) / payload,  # downgrade: clear where encryption is expected
     ]
+    for ln in (0, 5, 10, 0x12, 0x22, 0x30):  # PDM options of every length, garbage inside
+        o = HBHOptUnknown(otype=0x0F, optlen=ln, optdata=bytes([0x20, 0]) + bytes(max(0, ln - 2)))
+        cases.append(base / IPv6ExtHdrDestOpt(options=[o]) / UDP(sport=1, dport=9))
     outcomes = []
     for i, p in enumerate(cases):
         outcomes.append(b.ingress(bytes(p), t + 10 + i)[0])
     # read: the first fragment, and an unknown option whose action is "skip" (then a replay)
-    assert outcomes == [*["not_for_us"] * 2, "read", *["not_for_us"] * 3, "replay", "not_for_us", "downgrade"]
+    assert outcomes[:9] == [*["not_for_us"] * 2, "read", *["not_for_us"] * 3, "replay", "not_for_us", "downgrade"]
+    assert outcomes[9:] == ["bad_option", "bad_option", "downgrade", "downgrade", "auth_failed", "bad_option"]
     a.check_state()
     b.check_state()
