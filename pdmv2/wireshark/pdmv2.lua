@@ -84,8 +84,9 @@ local function add_time(tree, field_ns, delta_range, scale)
     item:append_text(string.format(" (0x%04x << %d as)", delta, scale))
 end
 
-local function malformed(tree, range, why)
+local function malformed(pinfo, tree, range, why)
     tree:add_proto_expert_info(ef_malformed, "Malformed PDMv2 option: " .. why)
+    summaries[pinfo.number] = "[PDMv2 malformed: " .. why .. "]"
     if range ~= nil then
         tree:add(range, "[" .. why .. "]")
     end
@@ -102,12 +103,12 @@ local function dissect_option(tvb, pinfo, tree, off, avail)
     t:add(pf.layout, tvb(off + 1, 1))
     if olen ~= LEN_CLEAR and olen ~= LEN_ENCRYPTED then
         t:append_text(string.format(": unknown Option Length 0x%02x", olen))
-        malformed(t, nil, string.format("Option Length 0x%02x is none of 0x0a, 0x12, 0x22", olen))
+        malformed(pinfo, t, nil, string.format("Option Length 0x%02x is none of 0x0a, 0x12, 0x22", olen))
         return
     end
     if olen + 2 > avail then
         t:append_text(": truncated")
-        malformed(t, nil, string.format("option of %d octets runs past the header end (%d left)", olen + 2, avail))
+        malformed(pinfo, t, nil, string.format("option of %d octets runs past the header end (%d left)", olen + 2, avail))
         return
     end
     local vr = tvb(off + 2, 2)
@@ -118,11 +119,14 @@ local function dissect_option(tvb, pinfo, tree, off, avail)
     t:add(pf.reserved, vr)
     t:add(pf.random_number, rf)
     t:add(pf.f, rf)
+    local bad = false
     if version ~= PDMV2_VERSION then
-        malformed(t, vr, string.format("version %d with a PDMv2 length, expected 2", version))
+        malformed(pinfo, t, vr, string.format("version %d with a PDMv2 length, expected 2", version))
+        bad = true
     end
     if reserved ~= 0 then
-        malformed(t, vr, string.format("reserved bits 0x%03x are not zero", reserved))
+        malformed(pinfo, t, vr, string.format("reserved bits 0x%03x are not zero", reserved))
+        bad = true
     end
     local rn = bit32.rshift(rf:uint(), 1)
     local fbit = bit32.band(rf:uint(), 1)
@@ -140,15 +144,19 @@ local function dissect_option(tvb, pinfo, tree, off, avail)
         add_time(t, pf.delta_tls_ns, tvb(b + 12, 2), s_tls)
         t:append_text(string.format(", clear: GP %d, PSNTP %d, PSNLR %d",
             tvb(b + 2, 4):uint(), tvb(b + 6, 2):uint(), tvb(b + 8, 2):uint()))
-        summaries[pinfo.number] = string.format("[PDMv2 PSNTP=%d PSNLR=%d GP=%d DTLR=%.3f ms]",
-            tvb(b + 6, 2):uint(), tvb(b + 8, 2):uint(), tvb(b + 2, 4):uint(),
-            scaled_ns(tvb(b + 10, 2):uint(), s_tlr) / 1e6)
+        if not bad then
+            summaries[pinfo.number] = string.format("[PDMv2 PSNTP=%d PSNLR=%d GP=%d DTLR=%.3f ms]",
+                tvb(b + 6, 2):uint(), tvb(b + 8, 2):uint(), tvb(b + 2, 4):uint(),
+                scaled_ns(tvb(b + 10, 2):uint(), s_tlr) / 1e6)
+        end
     else
         t:add(pf.ciphertext, tvb(off + 6, SEALED_FIELDS_LEN))
         t:add(pf.tag, tvb(off + 6 + SEALED_FIELDS_LEN, TAG_LEN))
         t:add_proto_expert_info(ef_encrypted, "PDMv2 metrics are encrypted (decrypt with `pdmv2 decode --write`)")
         t:append_text(string.format(", encrypted: Random Number %d, F %d", rn, fbit))
-        summaries[pinfo.number] = string.format("[PDMv2 encrypted RN=%d F=%d]", rn, fbit)
+        if not bad then
+            summaries[pinfo.number] = string.format("[PDMv2 encrypted RN=%d F=%d]", rn, fbit)
+        end
     end
 end
 
@@ -168,7 +176,7 @@ local function walk(tvb, pinfo, tree)
             if off + 2 > hlen then
                 if otype == OPTION_TYPE_PDM then
                     local t = tree:add(pdmv2, tvb(off, hlen - off))
-                    malformed(t, nil, "option truncated before its length octet")
+                    malformed(pinfo, t, nil, "option truncated before its length octet")
                 end
                 return
             end

@@ -170,4 +170,6 @@ def test_the_info_column_names_each_option(syn: Synthetic) -> None:
             assert info[n].endswith(f"[PDMv2 encrypted RN={opt['random_number']} F={opt['f']}]"), info[n]
         elif opt["format"] == "pdmv2-clear":
             assert f"[PDMv2 PSNTP={opt['psntp']} PSNLR={opt['psnlr']} GP={opt['global_pointer']} DTLR=" in info[n]
+        else:
+            assert "[PDMv2 malformed: " in info[n], info[n]
     assert "PDMv2" not in info[len(syn.frames)]  # the last frame has no option
