@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..core.errors import ConfigError
 
-__all__ = ["rule_specs", "install", "remove", "OUT", "IN", "MSS", "mss_for"]
+__all__ = ["rule_specs", "guard_spec", "guarded_packets", "install", "remove", "OUT", "IN", "MSS", "mss_for"]
 
 OUT, IN, MSS = "PDMV2_OUT", "PDMV2_IN", "PDMV2_MSS"
 _JUMPS = [("filter", "OUTPUT", OUT), ("filter", "INPUT", IN), ("mangle", "OUTPUT", MSS), ("mangle", "INPUT", MSS)]
@@ -23,9 +23,34 @@ def mss_for(mtu: int, option_size: int) -> int:
     return mtu - 40 - 20 - doh
 
 
-def rule_specs(queue: int, mss: int) -> list[list[str]]:
+def guard_spec(per_prefix_pps: int) -> list[str]:
+    """The PDMV2_IN rule that lets packets beyond ``per_prefix_pps`` from one /64 pass unqueued.
+
+    A flood from one prefix then costs the agent nothing beyond that rate: those packets are
+    delivered unmeasured, counted by the rule (docs/agent.md, Floods).
+    """
+    return [
+        "-m",
+        "hashlimit",
+        "--hashlimit-above",
+        f"{per_prefix_pps}/sec",
+        "--hashlimit-burst",
+        str(min(2 * per_prefix_pps, 10_000)),
+        "--hashlimit-mode",
+        "srcip",
+        "--hashlimit-srcmask",
+        "64",
+        "--hashlimit-name",
+        "pdmv2_in",
+        "-j",
+        "RETURN",
+    ]
+
+
+def rule_specs(queue: int, mss: int, per_prefix_pps: int = 0) -> list[list[str]]:
     """The ip6tables argument lists that build our chains (without the leading 'ip6tables')."""
     q = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+    guard = [["-t", "filter", "-A", IN, *guard_spec(per_prefix_pps)]] if per_prefix_pps else []
     specs = [
         ["-t", "filter", "-N", OUT],
         ["-t", "filter", "-A", OUT, "-o", "lo", "-j", "RETURN"],
@@ -36,6 +61,7 @@ def rule_specs(queue: int, mss: int) -> list[list[str]]:
         ["-t", "filter", "-A", OUT, "-p", "ipv6-icmp", "--icmpv6-type", "echo-reply", *q],
         ["-t", "filter", "-N", IN],
         ["-t", "filter", "-A", IN, "-i", "lo", "-j", "RETURN"],
+        *guard,
         ["-t", "filter", "-A", IN, "-m", "ipv6header", "--header", "ipv6-opts", "--soft", *q],
         ["-t", "mangle", "-N", MSS],
         [
@@ -81,11 +107,20 @@ def remove() -> int:
     return removed
 
 
-def install(queue: int, mss: int) -> None:
+def guarded_packets() -> int:
+    """Packets the per-/64 guard let pass unqueued so far (0 without the guard)."""
+    run = _ip6tables(["-t", "filter", "-L", IN, "-n", "-v", "-x"], check=False)
+    for line in run.stdout.splitlines():
+        if "limit: above" in line and "RETURN" in line:
+            return int(line.split()[0])
+    return 0
+
+
+def install(queue: int, mss: int, per_prefix_pps: int = 0) -> None:
     """Remove leftovers, then build our chains; on failure nothing of ours stays behind."""
     remove()
     try:
-        for spec in rule_specs(queue, mss):
+        for spec in rule_specs(queue, mss, per_prefix_pps):
             _ip6tables(spec, check=True)
     except ConfigError:
         remove()

@@ -110,6 +110,7 @@ class PacketProcessor:
         self._modes = ModeTable(policy)
         self.engine.rotate_after = policy.rotate_after
         self.engine.grace_ns = policy.grace_ms * 1_000_000
+        self.engine.idle_ns = policy.flow_idle_s * 1_000_000_000
         self.limiter.per_prefix = float(policy.crypto_per_prefix_per_s)
         self.limiter.total = float(policy.crypto_total_per_s)
 

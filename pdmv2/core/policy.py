@@ -16,6 +16,8 @@ YAML, validated before the agent starts; every error names the file, the line an
     key_epoch_s: 8                     # key epoch length; both ends must agree (docs/protocol.md §8)
     crypto_per_prefix_per_s: 200       # key derivations / failed opens a peer /64 may cause per second
     crypto_total_per_s: 2000           # the same for all peers together
+    queue_per_prefix_pps: 5000         # packets a /64 may send into the agent per second (0: no limit)
+    flow_idle_s: 300                   # flows (and their metrics) forgotten after this long idle
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ _KEYS = {
     "key_epoch_s",
     "crypto_per_prefix_per_s",
     "crypto_total_per_s",
+    "queue_per_prefix_pps",
+    "flow_idle_s",
     "__line__",
 }
 
@@ -89,6 +93,10 @@ class Policy:
     """Expensive crypto work (new keys, failed opens) one peer /64 may cause per second."""
     crypto_total_per_s: int = DEFAULT_TOTAL_PER_S
     """The same for all peers together."""
+    queue_per_prefix_pps: int = 5000
+    """Arriving packets per second one /64 may send into the agent; beyond, they pass unqueued (0: off)."""
+    flow_idle_s: int = 300
+    """Seconds without traffic after which a flow, its metrics and statistics are forgotten."""
 
     def __post_init__(self) -> None:
         lengths = [r.prefix.prefixlen for r in self.rules]
@@ -197,4 +205,6 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         _int(doc, "key_epoch_s", 1, 3600, 8, source),
         _int(doc, "crypto_per_prefix_per_s", 1, 1_000_000, DEFAULT_PER_PREFIX_PER_S, source),
         _int(doc, "crypto_total_per_s", 1, 10_000_000, DEFAULT_TOTAL_PER_S, source),
+        _int(doc, "queue_per_prefix_pps", 0, 10_000_000, 5000, source),
+        _int(doc, "flow_idle_s", 1, 86_400, 300, source),
     )

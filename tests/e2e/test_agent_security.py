@@ -12,8 +12,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from lab.netns import write_agent_config
 from pdmv2.capture import decode_capture
-from tests.e2e.topo import PY, A, AgentTopo, B
+from tests.e2e.topo import POLICY, PY, SALT, SHARED, A, AgentTopo, B
 
 EPOCH_S = 2
 APPS = str(Path(__file__).resolve().parent.parent.parent / "lab" / "servers.py")
@@ -137,3 +138,38 @@ def test_downgrade_from_the_path_never_reaches_the_stats(topo: AgentTopo) -> Non
     assert c.get("ingress_downgrade", 0) == 20, c
     assert c.get("ingress_read", 0) == before["counters"]["ingress_read"]
     assert after["flows"] == before["flows"]  # no sample changed, no 73.8 s client delay
+
+
+FLOOD = str(Path(__file__).resolve().parent.parent.parent / "lab" / "flood.py")
+
+
+def test_a_forged_flood_from_one_prefix_leaves_a_legitimate_flow_measured(topo: AgentTopo) -> None:
+    # b holds keys for the whole lab, so every forged option from 2001:db8:66::/64 costs key
+    # derivations: the expensive case.
+    write_agent_config(
+        topo.tmp / "b" / "config",
+        side="server",
+        policy=POLICY.format(rotate=32767),
+        client_addr=A,
+        client_prefix="2001:db8::/32",
+        shared_secret=SHARED,
+        salt=SALT,
+        registration_id="e2e",
+    )
+    topo.start_agent("a")
+    topo.start_agent("b")
+    topo.a.cmd("ping", "-6", "-c", "3", "-i", "0.05", B)  # the flow is established before the flood
+    read0 = topo.stats("b")["counters"].get("ingress_read", 0)
+    flood = topo.tb.spawn(topo.m, PY, FLOOD, B, "--pps", "20000", "--seconds", "4", stdout=subprocess.PIPE)
+    try:
+        ping = topo.a.cmd("ping", "-6", "-c", "100", "-i", "0.03", B, check=False)
+    finally:
+        out, _ = flood.communicate(timeout=30)
+    assert ping.returncode == 0
+    sent = int(out.split()[1])
+    assert sent > 20_000, out
+    c = topo.stats("b")["counters"]
+    assert c["ingress_guarded"] > sent // 2, c  # most of the flood never reached the queue
+    assert c.get("ingress_rate_limited", 0) > 0, c  # what did was mostly turned away before any derivation
+    assert c.get("ingress_read", 0) - read0 >= 90, c  # the genuine echo requests were measured
+    assert topo.agents["b"].poll() is None
