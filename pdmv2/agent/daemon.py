@@ -28,7 +28,7 @@ from ..core.policy import Policy, parse_policy
 from ..core.ratelimit import PrefixLimiter
 from ..keyfiles import KeySet, load_key_set
 from ..regstore import read_text
-from . import rules
+from . import native_loop, rules
 from .nfq import open_queue
 from .records import DEFAULT_FILES, DEFAULT_MAX_BYTES, RecordWriter
 from .reservation import DurableState
@@ -176,6 +176,7 @@ class Agent:
         install_rules: bool = True,
         records_max_bytes: int = DEFAULT_MAX_BYTES,
         records_files: int = DEFAULT_FILES,
+        datapath: str = "python",
     ) -> None:
         self.paths = paths
         self.queue_num = queue
@@ -217,6 +218,8 @@ class Agent:
         self.busy_ns = 0
         self.handled = 0
         self._recent: deque[int] = deque(maxlen=4096)
+        # --datapath native: the C packet path, this object keeps the control plane (native_loop.py).
+        self.native = native_loop.attach(self, datapath)
 
     def _load_policy(self) -> Policy:
         if not self.paths.policy.exists():
@@ -347,8 +350,9 @@ class Agent:
                     **summary,
                 }
             )
-        return {
+        out: dict[str, Any] = {
             "pid": os.getpid(),
+            "datapath": "python",
             "uptime_s": time.time() - self.started,
             "counters": {**self.proc.counters, "ingress_guarded": self._guarded()},
             "internal_errors": dict(self.errors),
@@ -367,6 +371,10 @@ class Agent:
             "control_errors": self.control_errors,
             "flows": flows,
         }
+        if self.native is not None:
+            out.update(self.native.stats())
+            out["counters"] = {**self.native.counters(), **out["counters"]}
+        return out
 
     def _guarded(self) -> int:
         """Packets the kernel let pass unqueued because their /64 sent more than its share."""
@@ -419,6 +427,8 @@ class Agent:
                 self.proc.set_policy(policy)
                 self.engine.set_keys(keys)
                 self.keyset = keyset
+                if self.native is not None:
+                    self.native.reload(policy, keys)
             log.info("reloaded policy (%d rules) and keys (%s)", len(policy.rules), keys)
             return None
 
@@ -448,8 +458,11 @@ class Agent:
             self._records = RecordWriter(self.paths.records, max_bytes=self.records_max_bytes, files=self.records_files)
         nfq: Any = None
         try:
-            nfq = open_queue(self.queue_num, self.handle)
-            threading.Thread(target=self._packet_loop, args=(nfq,), name="packets", daemon=True).start()
+            if self.native is not None:
+                self.native.start(self.queue_num)
+            else:
+                nfq = open_queue(self.queue_num, self.handle)
+                threading.Thread(target=self._packet_loop, args=(nfq,), name="packets", daemon=True).start()
             if self.install_rules:
                 rules.install(
                     self.queue_num,
@@ -475,6 +488,8 @@ class Agent:
             if self.install_rules:
                 rules.remove()  # no new packets; --queue-bypass covers the rest
             time.sleep(0.05)  # let the packet thread give its last verdicts
+            if self.native is not None:
+                self.native.stop()
             with self._lock:
                 if self._records is not None:
                     self._records.close()
@@ -517,6 +532,8 @@ class Agent:
                 self._records.flush()  # never raises: a full disk drops and counts records
             self.engine.wall_offset_ns = wall_offset_ns()
             self.proc.expire(time.monotonic_ns())
+            if self.native is not None:
+                self.native.housekeeping(time.monotonic_ns(), self.engine.wall_offset_ns)
         self._expire_keys(time.time())
 
     def _expire_keys(self, now: float) -> None:
@@ -529,6 +546,8 @@ class Agent:
             with self._lock:
                 self.engine.set_keys(active.provider)
                 self.keyset = active
+                if self.native is not None:
+                    self.native.reload(self.policy, active.provider)
         log.warning("keys now in use: %s", active.provider)
 
 
