@@ -19,6 +19,17 @@ APPS = str(Path(__file__).resolve().parent.parent.parent / "lab" / "servers.py")
 MANGLE = str(Path(__file__).parent / "mangle.py")
 
 
+@pytest.fixture(autouse=True, params=["python", "native"])
+def datapath(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both data paths (the agents inherit PDMV2_DATAPATH)."""
+    from pdmv2.native import AVAILABLE, UNAVAILABLE_REASON
+
+    if request.param == "native" and not AVAILABLE:
+        pytest.skip(UNAVAILABLE_REASON)
+    monkeypatch.setenv("PDMV2_DATAPATH", request.param)
+    return str(request.param)
+
+
 def decode(topo: AgentTopo, pcap: Path, keys_of: str | None = "b") -> list:
     keys = topo.tmp / keys_of / "config" / "keys" if keys_of else None
     return decode_capture(pcap, keys).options
@@ -40,9 +51,10 @@ def wait_line(proc: subprocess.Popen[str], text: str, timeout: float = 10) -> No
     raise AssertionError(f"no {text!r} within {timeout} s")
 
 
-def test_ping_udp_tcp_carry_the_option_and_decode(topo: AgentTopo) -> None:
+def test_ping_udp_tcp_carry_the_option_and_decode(topo: AgentTopo, datapath: str) -> None:
     topo.start_agent("a")
     topo.start_agent("b")
+    assert topo.stats("a")["datapath"] == topo.stats("b")["datapath"] == datapath
     pcap = topo.tmp / "wan.pcap"
     cap = topo.capture("m", "eth0", pcap)
     ping = topo.a.cmd("ping", "-6", "-c", "5", "-i", "0.2", B, check=False)
