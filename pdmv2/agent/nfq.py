@@ -1,4 +1,4 @@
-"""NFQUEUE binding: netfilterqueue (chosen by measurement, see the agent notes), plus fail-open.
+"""NFQUEUE binding: netfilterqueue (chosen by measurement: docs/agent.md, "Choice of binding"), plus fail-open.
 
 netfilterqueue does not expose NFQA_CFG_F_FAIL_OPEN, so it is set with one NFQNL_MSG_CONFIG
 netlink message on the binding's own socket (the kernel only accepts queue configuration from

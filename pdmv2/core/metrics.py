@@ -1,7 +1,7 @@
 """RFC 8250 metrics from PDM packets matched by PSNLR (pure).
 
 From a client packet P1, the server's reply P2 (PSNLR = PSNTP of P1) and the client's next
-packet P3 (PSNLR = PSNTP of P2) (RFC 8250 §3.3 and NOTES.md):
+packet P3 (PSNLR = PSNTP of P2) (RFC 8250 §3.3; docs/protocol.md §9):
 
     server delay     = DELTATLR of P2
     round-trip delay = DELTATLS of P3 - DELTATLR of P2

@@ -1,6 +1,6 @@
 """RFC 8250 time deltas: attoseconds sent as 16 significant bits and a scale.
 
-RFC 8250 §3.2 (and NOTES.md): a delta ``d`` in attoseconds (1e-18 s) goes on the wire as
+RFC 8250 §3.2 (docs/protocol.md §3): a delta ``d`` in attoseconds (1e-18 s) goes on the wire as
 ``DELTA = d >> scale`` with ``scale = max(0, d.bit_length() - 16)``; the receiver reads
 ``DELTA << scale``.  1 ns is 0xEE6B with scale 14; 1 s is 0xDE0B with scale 44.
 

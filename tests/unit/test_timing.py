@@ -10,7 +10,7 @@ from pdmv2 import EncodeError
 from pdmv2.core.timing import RELATIVE_ERROR_BOUND, decode_delta, encode_delta, encode_delta_ns, ns_to_as
 
 
-def test_known_values_from_rfc8250_notes() -> None:
+def test_known_values_in_docs_protocol_md() -> None:
     assert encode_delta_ns(1) == (0xEE6B, 14)
     assert encode_delta_ns(1_000_000_000) == (0xDE0B, 44)
     assert encode_delta(0) == (0, 0)
