@@ -327,7 +327,14 @@ def decode_capture(path: Path, keys_dir: Path | None, *, epoch_ns: int = DEFAULT
         got = seen.got
         if got is None:
             continue
-        for m in tracker.feed(PacketRecord(got.flow, got.psntp, got.psnlr, got.delta_tlr_as, got.delta_tls_as)):
+        record = PacketRecord(
+            flow=got.flow,
+            psntp=got.psntp,
+            psnlr=got.psnlr,
+            delta_tlr_as=got.delta_tlr_as,
+            delta_tls_as=got.delta_tls_as,
+        )
+        for m in tracker.feed(record):
             values.setdefault(m.flow, {}).setdefault(m.metric.value, []).append(m.value_ns)
     metrics = []
     for flow, by in values.items():

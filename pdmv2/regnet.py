@@ -21,7 +21,7 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,6 +143,7 @@ class ServerConfig:
     """PC public keys accepted."""
     state_dir: Path
     """Where registrations/<pc>.json are written (0600)."""
+    _: KW_ONLY  # the limits below are adjacent numbers, easy to swap: by name only
     lifetime: int = 86400
     """Seconds a SharedSecret is valid."""
     overlap: int = 300

@@ -7,6 +7,7 @@ Registering again rotates: the new one goes first and every older one expires no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -74,18 +75,7 @@ def store_registration(path: Path, reg: Registration, *, now: int, overlap: int)
     for old in load_registrations(path):
         expires = min(old.expires, now + overlap)
         if expires > now and old.registration_id != reg.registration_id:
-            kept.append(
-                Registration(
-                    old.suite,
-                    old.registration_id,
-                    old.shared_secret,
-                    old.salt,
-                    old.created,
-                    expires,
-                    old.prefixes,
-                    old.peer,
-                )
-            )
+            kept.append(dataclasses.replace(old, expires=expires))
     doc = {"type": REGISTRATIONS_TYPE, "version": 1, "registrations": [r.to_dict() for r in kept]}
     write_secret_file(path, json.dumps(doc, indent=2) + "\n")
     return kept

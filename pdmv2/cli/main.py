@@ -12,28 +12,20 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..core.errors import PdmError
-from . import option_cmd, wireshark_cmd
+from . import agent_cmd, option_cmd, registration_cmd, wireshark_cmd
 
 EXIT_ERROR = 2
 EXIT_INTERNAL = 70
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
-_SUBCOMMANDS: list[Register] = [option_cmd.register, wireshark_cmd.register]
-
-
-def _optional_subcommands() -> list[Register]:
-    """Subcommands whose modules pull in more than the core (sockets, NFQUEUE)."""
-    found: list[Register] = []
-    for name in ("registration_cmd", "agent_cmd"):
-        try:
-            module = __import__(f"{__package__}.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(f"{__package__}.{name}"):
-                continue
-            raise
-        found.append(getattr(module, "register_commands", None) or module.register)
-    return found
+# In the order `pdmv2 --help` lists them.
+_SUBCOMMANDS: list[Register] = [
+    option_cmd.register,
+    wireshark_cmd.register,
+    registration_cmd.register_commands,
+    agent_cmd.register_commands,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="IPv6 PDMv2 (draft-ietf-ippm-encrypted-pdmv2-03): codec, registration and tools.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in _SUBCOMMANDS + _optional_subcommands():
+    for register in _SUBCOMMANDS:
         register(sub)
     return parser
 

@@ -451,7 +451,15 @@ class PdmEngine:
         st.sent += 1
 
         if mode is Mode.PDM:
-            option = encode_option(PdmOption(scale_dtlr, scale_dtls, psntp, st.psnlr, delta_tlr, delta_tls))
+            v1 = PdmOption(
+                scale_dtlr=scale_dtlr,
+                scale_dtls=scale_dtls,
+                psntp=psntp,
+                psnlr=st.psnlr,
+                delta_tlr=delta_tlr,
+                delta_tls=delta_tls,
+            )
+            option = encode_option(v1)
             return Sent(
                 flow=flow,
                 mode=mode,

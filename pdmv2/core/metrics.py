@@ -122,12 +122,12 @@ class MetricsTracker:
             if len(memo.echoed) > 4 * self._window:
                 memo.echoed.clear()
             delay = Metric.CLIENT_DELAY if from_client else Metric.SERVER_DELAY
-            out.append(Measurement(memo.client, delay, rec.delta_tlr_as / 1e9, rec.psntp))
+            out.append(Measurement(flow=memo.client, metric=delay, value_ns=rec.delta_tlr_as / 1e9, psntp=rec.psntp))
             # Q itself echoed P (sent by this side): DELTATLS of rec spans P..Q at this side.
             if (from_client, q.psnlr) in memo.by_psntp and rec.delta_tls_as:
                 rtt = (rec.delta_tls_as - q.delta_tlr_as) / 1e9
                 if rtt >= 0:  # negative when packets did not alternate (DELTATLS spans another exchange)
-                    out.append(Measurement(memo.client, Metric.RTT, rtt, rec.psntp))
+                    out.append(Measurement(flow=memo.client, metric=Metric.RTT, value_ns=rtt, psntp=rec.psntp))
         memo.by_psntp[(from_client, rec.psntp)] = rec
         while len(memo.by_psntp) > self._window:
             memo.by_psntp.popitem(last=False)

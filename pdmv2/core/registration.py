@@ -209,9 +209,9 @@ def parse_allow_list(doc: Any, source: str = "allow list") -> AllowList:
     return AllowList(tuple(entries))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Registration:
-    """The outcome of one registration, as both primaries store it."""
+    """The outcome of one registration, as both primaries store it (built by keyword only)."""
 
     suite: Suite
     """Suite negotiated."""
@@ -258,14 +258,14 @@ class Registration:
             salt = bytes.fromhex(doc["salt"])
             prefixes = tuple(ipaddress.IPv6Network(p) for p in doc.get("prefixes", []))
             reg = cls(
-                suite,
-                str(doc["registration_id"]),
-                shared,
-                salt,
-                int(doc.get("created", 0)),
-                int(doc["expires"]),
-                prefixes,
-                str(doc.get("peer", "")),
+                suite=suite,
+                registration_id=str(doc["registration_id"]),
+                shared_secret=shared,
+                salt=salt,
+                created=int(doc.get("created", 0)),
+                expires=int(doc["expires"]),
+                prefixes=prefixes,
+                peer=str(doc.get("peer", "")),
             )
         except (KeyError, TypeError, ValueError):
             raise ConfigError(source, "registration", "missing or malformed field") from None
@@ -350,7 +350,7 @@ class ClientHandshake:
         except (PyHPKEError, ValueError) as exc:
             raise RegistrationError(ErrorCode.INTERNAL, f"HPKE setup failed ({type(exc).__name__})") from None
         self._suite, self._salt, self._peer = suite, salt, fp
-        return KemRequest(enc, salt, confirm)
+        return KemRequest(enc=enc, salt=salt, confirm=confirm)
 
     def on_kem_response(self, resp: KemResponse, *, now: int) -> Registration:
         """Check the PS key confirmation and return the registration."""
@@ -361,14 +361,14 @@ class ClientHandshake:
         if not hmac.compare_digest(resp.confirm, self._expect):
             raise RegistrationError(ErrorCode.AUTH_FAILED, "PS key confirmation does not match")
         return Registration(
-            self._suite,
-            resp.registration_id.hex(),
-            self._shared,
-            self._salt,
-            now,
-            now + resp.lifetime,
-            self.request.prefixes,
-            self._peer,
+            suite=self._suite,
+            registration_id=resp.registration_id.hex(),
+            shared_secret=self._shared,
+            salt=self._salt,
+            created=now,
+            expires=now + resp.lifetime,
+            prefixes=self.request.prefixes,
+            peer=self._peer,
         )
 
 
@@ -445,13 +445,13 @@ class ServerHandshake:
             ) from None
         reg_id = self._rand(REGISTRATION_ID_LEN)
         reg = Registration(
-            suite,
-            reg_id.hex(),
-            shared,
-            req.salt,
-            now,
-            now + self._lifetime,
-            self._req.prefixes,
-            self.client.fingerprint,
+            suite=suite,
+            registration_id=reg_id.hex(),
+            shared_secret=shared,
+            salt=req.salt,
+            created=now,
+            expires=now + self._lifetime,
+            prefixes=self._req.prefixes,
+            peer=self.client.fingerprint,
         )
-        return KemResponse(0, reg_id, self._lifetime, confirm), reg
+        return KemResponse(status=0, registration_id=reg_id, lifetime=self._lifetime, confirm=confirm), reg

@@ -184,7 +184,7 @@ def decode_header(data: bytes) -> FrameHeader:
         raise DecodeError("version", 2, f"unsupported version {version}")
     if length > MAX_BODY:
         raise DecodeError("length", 4, f"body of {length} octets exceeds the limit of {MAX_BODY}")
-    return FrameHeader(version, msg_type, length)
+    return FrameHeader(version=version, type=msg_type, length=length)
 
 
 # -- body readers/writers ----------------------------------------------------------------------------
@@ -311,16 +311,21 @@ def decode_body(msg_type: int, body: bytes) -> Message:
             keys.append((r.u16("pc_keys.kem"), r.vec16("pc_keys.key")))
         if not keys:
             raise DecodeError("pc_keys", r.pos, "empty list")
-        msg = SetupRequest(nonce, kems, kdfs, aeads, tuple(prefixes), tuple(keys))
+        msg = SetupRequest(
+            nonce=nonce, kems=kems, kdfs=kdfs, aeads=aeads, prefixes=tuple(prefixes), pc_keys=tuple(keys)
+        )
     elif msg_type == MsgType.SETUP_RESPONSE:
         nonce = r.take(NONCE_LEN, "nonce")
         kem, kdf, aead = r.u16("kem"), r.u16("kdf"), r.u16("aead")
-        msg = SetupResponse(nonce, kem, kdf, aead, r.vec16("ps_key"))
+        msg = SetupResponse(nonce=nonce, kem=kem, kdf=kdf, aead=aead, ps_key=r.vec16("ps_key"))
     elif msg_type == MsgType.KEM_REQUEST:
-        msg = KemRequest(r.vec16("enc"), r.take(SALT_LEN, "salt"), r.vec16("confirm"))
+        msg = KemRequest(enc=r.vec16("enc"), salt=r.take(SALT_LEN, "salt"), confirm=r.vec16("confirm"))
     elif msg_type == MsgType.KEM_RESPONSE:
         msg = KemResponse(
-            r.u8("status"), r.take(REGISTRATION_ID_LEN, "registration_id"), r.u32("lifetime"), r.vec16("confirm")
+            status=r.u8("status"),
+            registration_id=r.take(REGISTRATION_ID_LEN, "registration_id"),
+            lifetime=r.u32("lifetime"),
+            confirm=r.vec16("confirm"),
         )
     elif msg_type == MsgType.ERROR:
         code = r.u16("code")
@@ -330,7 +335,7 @@ def decode_body(msg_type: int, body: bytes) -> Message:
             reason = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise DecodeError("reason", at, "not UTF-8") from None
-        msg = ErrorMessage(code, reason)
+        msg = ErrorMessage(code=code, reason=reason)
     else:
         raise DecodeError("type", 3, f"unknown message type {msg_type}")
     r.end()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ from pdmv2.core.registration import (
     parse_identity,
 )
 from pdmv2.core.regmsg import ErrorCode, KemResponse, SetupResponse
+from pdmv2.regnet import ServerConfig
 
 X = KemId.DHKEM_X25519_HKDF_SHA256
 PS, PC = Identity.generate(X, ikm=os.urandom(64)), Identity.generate(X, ikm=os.urandom(64))
@@ -162,3 +164,18 @@ def test_registration_dict_roundtrip_and_errors() -> None:
     with pytest.raises(ConfigError) as exc:
         Registration.from_dict(broken)
     assert exc.value.field == "salt"
+
+
+def test_records_with_adjacent_numbers_are_built_by_name_only(tmp_path: Path) -> None:
+    # created/expires and lifetime/overlap are adjacent ints: a positional call could swap them.
+    c, s = pair()
+    _, reg = s.on_kem_request(c.on_setup_response(s.on_setup_request(c.start())), now=5)
+    with pytest.raises(TypeError):
+        Registration(reg.suite, reg.registration_id, reg.shared_secret, reg.salt, 5, 10)  # type: ignore[misc]
+    assert (reg.created, reg.expires) == (5, 5 + 86400)
+
+    allow = AllowList((AllowEntry("pc1", PC.fingerprint),))
+    with pytest.raises(TypeError):
+        ServerConfig({X: PS}, allow, tmp_path, 600, 60)  # type: ignore[arg-type,misc]
+    cfg = ServerConfig({X: PS}, allow, tmp_path, lifetime=600, overlap=60)  # type: ignore[arg-type]
+    assert (cfg.lifetime, cfg.overlap) == (600, 60)
