@@ -25,6 +25,18 @@ REPO = Path(__file__).resolve().parent.parent
 PLAYBOOK = REPO / "playbooks" / "site.yml"
 # The last task of playbooks/site.yml for a host (roles/pdmv2_agent/tasks/supervised.yml).
 LAST_TASK = "Start the supervised agent unless it is running"
+# Hosts worked on at once by each primary (two primaries share the machine's cores).
+FORKS = int(os.environ.get("PDMV2_LAB_FORKS", "25"))
+
+
+def _strategy() -> dict[str, str]:
+    """Mitogen's free strategy when it is installed (one persistent interpreter per host), else free."""
+    try:
+        import ansible_mitogen
+    except ImportError:
+        return {"ANSIBLE_STRATEGY": "free"}
+    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_free"}
 
 
 def _hosts(inventory: dict[str, Any]) -> list[str]:
@@ -52,6 +64,10 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            if kind != "runner_on_ok":  # why (tasks that touch secrets are no_log: their message is censored)
+                res = data.get("res", {})
+                why = res.get("msg") or res.get("stderr") or ""
+                print(f"    {str(why)[-600:]}", file=sys.stderr, flush=True)
             if kind == "runner_on_ok" and data.get("task") == LAST_TASK:
                 print(f"host-done {data.get('host')}", flush=True)
         return True
@@ -65,10 +81,10 @@ def main() -> int:
             envvars={
                 "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
                 "ANSIBLE_HOST_KEY_CHECKING": "True",
-                "ANSIBLE_TIMEOUT": "10",
+                "ANSIBLE_TIMEOUT": "60",
                 "ANSIBLE_TASK_TIMEOUT": "300",
-                "ANSIBLE_FORKS": str(max(5, min(50, len(hosts)))),
-                "ANSIBLE_STRATEGY": "free",
+                "ANSIBLE_FORKS": str(max(5, min(FORKS, len(hosts)))),
+                **_strategy(),
                 "ANSIBLE_SSH_CONTROL_PATH_DIR": "/root/.ansible/cp",
                 "ANSIBLE_PIPELINING": "True",
                 "ANSIBLE_LOCAL_TEMP": f"{tmp}/local",

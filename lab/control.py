@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -299,10 +300,13 @@ def agent_stats(h: LabHost) -> dict[str, Any] | None:
 def status_table(st: dict[str, Any]) -> list[str]:
     """One line per host: name, role, addresses, and for secondaries the agent's state and counters."""
     lines = [f"{'host':<8} {'role':<9} {'addresses':<26} agent"]
+    secondaries = [LabHost(name, int(h["pid"])) for name, h in st["hosts"].items() if h["role"] in ("sc", "ss")]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one `pdmv2 stats` process per agent
+        answers = dict(zip((h.name for h in secondaries), pool.map(agent_stats, secondaries), strict=True))
     for name, h in st["hosts"].items():
         agent = "-"
         if h["role"] in ("sc", "ss"):
-            s = agent_stats(LabHost(name, int(h["pid"])))
+            s = answers[name]
             if s is None:
                 agent = "DOWN"
             else:

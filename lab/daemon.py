@@ -328,8 +328,12 @@ class LabDaemon:
                     "pdmv2_agent_install_method": "none",
                     "pdmv2_agent_bin": PDMV2,
                     "pdmv2_keys_pdmv2_bin": PDMV2,
+                    # Each agent starts in this same run, after its key is in place: nothing to reload.
+                    "pdmv2_keys_reload": False,
                     # Namespaces have no systemd of their own.
                     "pdmv2_agent_service_manager": "supervised",
+                    # A host is done when its agent answers with its key: that is the lab's "ready".
+                    "pdmv2_agent_wait_keys": True,
                     "pdmv2_agent_rotate_after": self.rotate_after,
                     "pdmv2_agent_policy_rules": [
                         {"prefix": "fe80::/10", "mode": "pdmv2-clear"},
@@ -408,12 +412,15 @@ class LabDaemon:
             for fut in [pool.submit(self.register, pc, ps) for pc, ps in self.topo.pairs()]:
                 fut.result()
         self.push(host_keys)
-        self.wait_all(
-            "agents to load their keys",
-            secondaries,
-            lambda h: (self.agent_stats(h) or {}).get("keys") is not None,
-            timeout=30,
-        )
+        # Each host the push reported done has its agent answering with its key loaded
+        # (pdmv2_agent_wait_keys); any other is asked here.
+        if any(p["done"] != p["hosts"] for p in self.state["push"].values()):
+            self.wait_all(
+                "agents to load their keys",
+                secondaries,
+                lambda h: (self.agent_stats(h) or {}).get("keys") is not None,
+                timeout=30,
+            )
         self.state["ready"] = True
         self.state["up_seconds"] = time.time() - self.state["started"]
         self.step(f"ready in {self.state['up_seconds']:.1f} s")
