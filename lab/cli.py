@@ -13,6 +13,7 @@ import time
 from lab import control, demo
 from lab import state as labstate
 from pdmv2.core.errors import ConfigError
+from pdmv2.core.prseq import PRSEQ_PERIOD
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -99,13 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="build a topology, register, push keys, start agents; returns when ready")
     up.add_argument("--topo", default="enterprise", help="topology name in topologies/ or a path (default enterprise)")
     up.add_argument("--secondaries", type=int, help="clone to N secondaries per site (scale runs)")
-    up.add_argument("--rotate", type=int, default=32767, help="agents rotate keys every N packets (default 32767)")
+    up.add_argument(
+        "--rotate", type=int, default=PRSEQ_PERIOD, help=f"agents rotate keys every N packets (default {PRSEQ_PERIOD})"
+    )
     up.add_argument("--timeout", type=float, help="seconds to wait for ready (default 120 + 8 per host)")
     up.set_defaults(func=cmd_up)
     sv = sub.add_parser("serve", help="(internal) the lab daemon that `up` starts")
     sv.add_argument("--topo", required=True)
     sv.add_argument("--secondaries", type=int)
-    sv.add_argument("--rotate", type=int, default=32767)
+    sv.add_argument("--rotate", type=int, default=PRSEQ_PERIOD)
     sv.set_defaults(func=cmd_serve)
     sub.add_parser("down", help="remove everything the lab made (also after a crash)").set_defaults(func=cmd_down)
     sub.add_parser("status", help="hosts, roles, addresses, agent status").set_defaults(func=cmd_status)

@@ -21,13 +21,13 @@ from typing import Any
 from lab import state as labstate
 from lab.control import ControlError, LabHost, kill_namespace_processes
 from lab.topology import Node, Topology
+from pdmv2.core.prseq import PRSEQ_PERIOD
 from pdmv2.regnet import DEFAULT_PORT
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PDMV2 = str(VENV_BIN / "pdmv2")
 PRIVATE_DIRS = ["/etc/pdmv2", "/run/pdmv2", "/var/lib/pdmv2", "/root/.ssh", "/root/.ansible", "/run/sshd"]
-REG_PORT = DEFAULT_PORT
 INVENTORY = "/var/lib/pdmv2/lab-inventory.json"  # in each primary's private /var/lib/pdmv2
 SSHD_CONFIG = """Port 22
 ListenAddress ::
@@ -56,7 +56,7 @@ class LabError(ControlError):
 class LabDaemon:
     """One running lab."""
 
-    def __init__(self, topo: Topology, *, rotate_after: int = 32767) -> None:
+    def __init__(self, topo: Topology, *, rotate_after: int = PRSEQ_PERIOD) -> None:
         self.topo = topo
         self.rotate_after = rotate_after
         self.net: Any = None
@@ -252,7 +252,7 @@ class LabDaemon:
             "--listen",
             str(ps.address),
             "--port",
-            str(REG_PORT),
+            str(DEFAULT_PORT),
             "--key",
             "/etc/pdmv2/ps.key",
             "--allow",
@@ -260,14 +260,14 @@ class LabDaemon:
             "--state",
             "/var/lib/pdmv2/ps",
         )
-        self.wait_for(f"the primary server on {ps.name}", lambda: self.listening(ps.name, REG_PORT))
+        self.wait_for(f"the primary server on {ps.name}", lambda: self.listening(ps.name, DEFAULT_PORT))
         argv = [
             PDMV2,
             "register",
             "--server",
             str(ps.address),
             "--port",
-            str(REG_PORT),
+            str(DEFAULT_PORT),
             "--key",
             "/etc/pdmv2/pc.key",
             "--pin",

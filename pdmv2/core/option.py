@@ -57,7 +57,6 @@ V2_HEADER_LEN = 6  # Type, Length, Vrsn/Reserved, Random Number/F: the AAD
 _V1 = struct.Struct(">BBBBHHHH")
 _V2_HEADER = struct.Struct(">BBHH")
 _FIELDS = struct.Struct(">BBIHHHH")
-_CLEAR = struct.Struct(">BBHHBBIHHHH")
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,6 @@ __all__ = [
     "ServerHandshake",
     "fingerprint",
     "hpke_suite",
-    "SUPPORTED_KEMS",
     "parse_identity",
     "dump_identity",
     "parse_allow_list",
@@ -63,7 +62,6 @@ __all__ = [
 
 INFO = b"pdmv2 registration"
 PC_CONFIRM = b"pdmv2 pc confirm"
-SUPPORTED_KEMS = tuple(KemId)
 RandomBytes = Callable[[int], bytes]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pdmv2.core.prseq import PRSEQ_PERIOD
 from tests.e2e.topo import AgentTopo, env_ok
 
 
@@ -21,7 +22,7 @@ def topo(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AgentTopo]:
     reason = env_ok()
     if reason:
         pytest.skip(reason)
-    rotate = getattr(request, "param", 32767)
+    rotate = getattr(request, "param", PRSEQ_PERIOD)
     t = AgentTopo(tmp_path, rotate=rotate)
     try:
         yield t

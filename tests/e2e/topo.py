@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from lab.netns import Host, Testbed, start_agent, write_agent_config
+from pdmv2.core.prseq import PRSEQ_PERIOD
 
 A, B = "2001:db8:1::10", "2001:db8:2::20"
 SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
@@ -36,7 +37,7 @@ rules:
 class AgentTopo:
     """The testbed plus per-host config/run directories and agent processes."""
 
-    def __init__(self, tmp: Path, rotate: int = 32767) -> None:
+    def __init__(self, tmp: Path, rotate: int = PRSEQ_PERIOD) -> None:
         self.tmp = tmp
         self.tb = Testbed("pdme2e")
         try:

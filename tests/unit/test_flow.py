@@ -25,6 +25,7 @@ from pdmv2 import (
     decode_option,
 )
 from pdmv2.core.keyring import ClientKeyring, ServerKeyring
+from pdmv2.core.prseq import PRSEQ_PERIOD
 
 SHARED, SALT = bytes(range(32)), bytes(32)
 C, S = "2001:db8:1::10", "2001:db8:2::20"
@@ -32,7 +33,7 @@ FLOW = FiveTuple.from_text(C, 40000, S, 80, 6)  # client -> server
 MS = 1_000_000
 
 
-def engines(rotate_after: int = 32767, grace_ns: int = 2_000_000_000) -> tuple[PdmEngine, PdmEngine]:
+def engines(rotate_after: int = PRSEQ_PERIOD, grace_ns: int = 2_000_000_000) -> tuple[PdmEngine, PdmEngine]:
     cs = client_secret(DEFAULT_SUITE, shared_secret=SHARED, salt=SALT, client_addr=C)
     client = ClientKeyring(DEFAULT_SUITE, ipaddress.IPv6Address(C).packed, cs)
     server = ServerKeyring(
