@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 
 from .core.errors import DecodeError, EncodeError, PdmError, RegistrationError
 from .core.keys import KemId
-from .core.registration import AllowList, ClientHandshake, Identity, Registration, ServerHandshake
+from .core.registration import (
+    DEFAULT_LIFETIME_S,
+    DEFAULT_OVERLAP_S,
+    AllowList,
+    ClientHandshake,
+    Identity,
+    Registration,
+    ServerHandshake,
+)
 from .core.regmsg import (
     HEADER_LEN,
     ErrorCode,
@@ -43,9 +51,24 @@ from .core.regmsg import (
 )
 from .regstore import store_registration
 
-__all__ = ["PrimaryServer", "ServerConfig", "register", "read_message", "source_key", "DEFAULT_PORT"]
+__all__ = [
+    "PrimaryServer",
+    "ServerConfig",
+    "register",
+    "read_message",
+    "source_key",
+    "DEFAULT_PORT",
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_SOURCE_PREFIX",
+    "DEFAULT_DEADLINE_S",
+]
 
 DEFAULT_PORT = 4333
+DEFAULT_TIMEOUT_S = 5.0  # seconds for each message to arrive whole
+DEFAULT_MAX_CLIENTS = 128  # connections a PS serves at once
+DEFAULT_SOURCE_PREFIX = 64  # IPv6 prefix length that makes one source
+DEFAULT_DEADLINE_S = 10.0  # seconds for a whole handshake
 M = TypeVar("M", SetupRequest, SetupResponse, KemRequest, KemResponse)
 log = logging.getLogger("pdmv2.registration")
 _FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -98,7 +121,7 @@ async def _receive(reader: asyncio.StreamReader, kind: type[M], timeout: float) 
     return msg
 
 
-def source_key(host: str, v6_prefix: int = 64) -> str:
+def source_key(host: str, v6_prefix: int = DEFAULT_SOURCE_PREFIX) -> str:
     """The group a peer address counts in: its IPv6 /``v6_prefix``, or the IPv4 address itself."""
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
@@ -144,19 +167,19 @@ class ServerConfig:
     state_dir: Path
     """Where registrations/<pc>.json are written (0600)."""
     _: KW_ONLY  # the limits below are adjacent numbers, easy to swap: by name only
-    lifetime: int = 86400
+    lifetime: int = DEFAULT_LIFETIME_S
     """Seconds a SharedSecret is valid."""
-    overlap: int = 300
+    overlap: int = DEFAULT_OVERLAP_S
     """Seconds an older registration stays valid after a new one."""
-    timeout: float = 5.0
+    timeout: float = DEFAULT_TIMEOUT_S
     """Seconds for each message to arrive whole."""
-    max_clients: int = 128
+    max_clients: int = DEFAULT_MAX_CLIENTS
     """Connections served at once; more are answered BUSY."""
     max_per_source: int = 0
     """Connections one source may hold at once; more are answered BUSY (0: half of max_clients)."""
-    source_prefix: int = 64
+    source_prefix: int = DEFAULT_SOURCE_PREFIX
     """IPv6 prefix length that makes one source (IPv4: always the address)."""
-    deadline: float = 10.0
+    deadline: float = DEFAULT_DEADLINE_S
     """Seconds for the whole handshake, from accept to the last message."""
 
     def per_source(self, max_clients: int) -> int:
@@ -344,7 +367,7 @@ async def register(
     port: int,
     handshake: ClientHandshake,
     *,
-    timeout: float = 5.0,
+    timeout: float = DEFAULT_TIMEOUT_S,
     progress: Callable[[str], None] | None = None,
 ) -> Registration:
     """Run one registration against a PS; RegistrationError on any failure (nothing written)."""

@@ -17,8 +17,25 @@ from ..core.config import load_yaml
 from ..core.errors import ConfigError
 from ..core.keyring import dump_client_key_file, dump_server_key_file
 from ..core.keys import AeadId, KdfId, KemId, client_secret
-from ..core.registration import ClientHandshake, Identity, dump_identity, parse_allow_list, parse_identity
-from ..regnet import DEFAULT_PORT, PrimaryServer, ServerConfig, register
+from ..core.registration import (
+    DEFAULT_LIFETIME_S,
+    DEFAULT_OVERLAP_S,
+    ClientHandshake,
+    Identity,
+    dump_identity,
+    parse_allow_list,
+    parse_identity,
+)
+from ..regnet import (
+    DEFAULT_DEADLINE_S,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_PORT,
+    DEFAULT_SOURCE_PREFIX,
+    DEFAULT_TIMEOUT_S,
+    PrimaryServer,
+    ServerConfig,
+    register,
+)
 from ..regstore import current_registration, read_text, store_registration, write_secret_file
 
 KEMS = {
@@ -120,16 +137,29 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--allow", type=Path, required=True, help="YAML allow-list: clients: [{name, fingerprint, prefixes}]"
     )
     s.add_argument("--state", type=Path, required=True, help="directory for registrations/<pc>.json (0600)")
-    s.add_argument("--lifetime", type=int, default=86400, help="seconds a SharedSecret is valid (default 86400)")
+    s.add_argument(
+        "--lifetime",
+        type=int,
+        default=DEFAULT_LIFETIME_S,
+        help=f"seconds a SharedSecret is valid (default {DEFAULT_LIFETIME_S})",
+    )
     s.add_argument(
         "--overlap",
         type=int,
-        default=300,
-        help="seconds the previous secret stays valid after re-registration (default 300)",
+        default=DEFAULT_OVERLAP_S,
+        help=f"seconds the previous secret stays valid after re-registration (default {DEFAULT_OVERLAP_S})",
     )
-    s.add_argument("--timeout", type=float, default=5.0, help="seconds for each message (default 5)")
     s.add_argument(
-        "--max-clients", type=_count, default=128, help="registrations served at once (default 128; more: BUSY)"
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds for each message (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    s.add_argument(
+        "--max-clients",
+        type=_count,
+        default=DEFAULT_MAX_CLIENTS,
+        help=f"registrations served at once (default {DEFAULT_MAX_CLIENTS}; more: BUSY)",
     )
     s.add_argument(
         "--max-per-source",
@@ -140,14 +170,14 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     s.add_argument(
         "--source-prefix",
         type=_prefix_len,
-        default=64,
-        help="IPv6 prefix length that counts as one source (0..128, default 64; IPv4: one address)",
+        default=DEFAULT_SOURCE_PREFIX,
+        help=f"IPv6 prefix length of one source (0..128, default {DEFAULT_SOURCE_PREFIX}; IPv4: one address)",
     )
     s.add_argument(
         "--deadline",
         type=_seconds,
-        default=10.0,
-        help="seconds for a whole registration, however slowly its bytes come (default 10)",
+        default=DEFAULT_DEADLINE_S,
+        help=f"seconds for a whole registration, however slowly its bytes come (default {DEFAULT_DEADLINE_S:g})",
     )
     s.add_argument("--ready-file", type=Path, help="write 'host port' here once listening")
     s.set_defaults(func=_primary_server)
@@ -168,8 +198,18 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     r.add_argument("--kdf", default="sha256,sha384,sha512", help="KDFs in order of preference")
     r.add_argument("--aead", default="aes128gcm,aes256gcm,chacha20poly1305", help="AEADs in order of preference")
     r.add_argument("--state", type=Path, required=True, help="directory for registrations.json (0600)")
-    r.add_argument("--overlap", type=int, default=300, help="seconds the previous secret stays valid")
-    r.add_argument("--timeout", type=float, default=5.0, help="seconds for each message (default 5)")
+    r.add_argument(
+        "--overlap",
+        type=int,
+        default=DEFAULT_OVERLAP_S,
+        help=f"seconds the previous secret stays valid (default {DEFAULT_OVERLAP_S})",
+    )
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds for each message (default {DEFAULT_TIMEOUT_S:g})",
+    )
     r.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     r.set_defaults(func=_register)
 

@@ -47,6 +47,8 @@ from .regmsg import (
 
 __all__ = [
     "INFO",
+    "DEFAULT_LIFETIME_S",
+    "DEFAULT_OVERLAP_S",
     "Identity",
     "AllowEntry",
     "AllowList",
@@ -62,6 +64,8 @@ __all__ = [
 
 INFO = b"pdmv2 registration"
 PC_CONFIRM = b"pdmv2 pc confirm"
+DEFAULT_LIFETIME_S = 86_400  # seconds a SharedSecret is valid
+DEFAULT_OVERLAP_S = 300  # seconds an older registration stays valid after a new one
 RandomBytes = Callable[[int], bytes]
 
 
@@ -380,7 +384,7 @@ class ServerHandshake:
         allow: AllowList,
         kdfs: tuple[int, ...] = tuple(KdfId),
         aeads: tuple[int, ...] = tuple(AeadId),
-        lifetime: int = 86400,
+        lifetime: int = DEFAULT_LIFETIME_S,
         random_bytes: RandomBytes,
     ) -> None:
         self._ids = identities
