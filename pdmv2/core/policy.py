@@ -69,9 +69,9 @@ class Rule:
     """Option put into packets to it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
-    """Everything the agent decides per packet."""
+    """Everything the agent decides per packet (built by keyword: most fields are adjacent ints)."""
 
     rules: tuple[Rule, ...]
     """Longest prefix first."""
@@ -114,6 +114,7 @@ class Policy:
         return max([r.mode.option_size for r in self.rules] + [self.default.option_size])
 
 
+_DEFAULTS = Policy(rules=())  # what a setting missing from the file gets
 _CACHE_SIZE = 65536  # destinations remembered; cleared when full
 
 
@@ -188,23 +189,24 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         if "mode" not in item:
             raise ConfigError(source, f"{where}.mode", "missing")
         rules.append(Rule(prefix, _mode(item["mode"], source, f"{where}.mode")))
-    on_fail = doc.get("on_auth_failure", "deliver")
+    d = _DEFAULTS
+    on_fail = doc.get("on_auth_failure", d.on_auth_failure)
     if on_fail not in ("deliver", "drop"):
         raise ConfigError(source, f"{line_of(doc)} on_auth_failure".strip(), "must be deliver or drop")
-    records = doc.get("records", True)
+    records = doc.get("records", d.records)
     if not isinstance(records, bool):
         raise ConfigError(source, f"{line_of(doc)} records".strip(), "must be true or false")
     return Policy(
-        tuple(sorted(rules, key=lambda r: r.prefix.prefixlen, reverse=True)),
-        _mode(doc.get("default", "off"), source, f"{line_of(doc)} default".strip()),
-        _int(doc, "rotate_after", 1, PRSEQ_PERIOD, PRSEQ_PERIOD, source),
-        on_fail,
-        _int(doc, "mtu", 1280, 65535, 1500, source),
-        records,
-        _int(doc, "grace_ms", 0, 3_600_000, 2000, source),
-        _int(doc, "key_epoch_s", 1, 3600, 8, source),
-        _int(doc, "crypto_per_prefix_per_s", 1, 1_000_000, DEFAULT_PER_PREFIX_PER_S, source),
-        _int(doc, "crypto_total_per_s", 1, 10_000_000, DEFAULT_TOTAL_PER_S, source),
-        _int(doc, "queue_per_prefix_pps", 0, 10_000_000, 5000, source),
-        _int(doc, "flow_idle_s", 1, 86_400, 300, source),
+        rules=tuple(sorted(rules, key=lambda r: r.prefix.prefixlen, reverse=True)),
+        default=_mode(doc.get("default", d.default.value), source, f"{line_of(doc)} default".strip()),
+        rotate_after=_int(doc, "rotate_after", 1, PRSEQ_PERIOD, d.rotate_after, source),
+        on_auth_failure=on_fail,
+        mtu=_int(doc, "mtu", 1280, 65535, d.mtu, source),
+        records=records,
+        grace_ms=_int(doc, "grace_ms", 0, 3_600_000, d.grace_ms, source),
+        key_epoch_s=_int(doc, "key_epoch_s", 1, 3600, d.key_epoch_s, source),
+        crypto_per_prefix_per_s=_int(doc, "crypto_per_prefix_per_s", 1, 1_000_000, d.crypto_per_prefix_per_s, source),
+        crypto_total_per_s=_int(doc, "crypto_total_per_s", 1, 10_000_000, d.crypto_total_per_s, source),
+        queue_per_prefix_pps=_int(doc, "queue_per_prefix_pps", 0, 10_000_000, d.queue_per_prefix_pps, source),
+        flow_idle_s=_int(doc, "flow_idle_s", 1, 86_400, d.flow_idle_s, source),
     )
