@@ -121,21 +121,32 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_web_view_live_in_a_browser(minimal_lab: dict[str, Any], web_url: str, browser: Any, tmp_path: Path) -> None:
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     hosts = minimal_lab["hosts"]
     browser.get(web_url)
-    wait = WebDriverWait(browser, 30, poll_frequency=0.2)
+    wait = WebDriverWait(browser, 40, poll_frequency=0.2)
+
+    def texts(css: str) -> list[str]:
+        """The text of every element matching css, read in one go (the page redraws its tables each second)."""
+        found: list[str] = browser.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]), (e) => e.textContent.trim())", css
+        )
+        return found
+
     # every host of the lab is drawn, with its address
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#topology g.host")) == len(hosts))
-    drawn = {g.get_attribute("data-host"): g.text for g in browser.find_elements(By.CSS_SELECTOR, "#topology g.host")}
+    wait.until(lambda _: len(texts("#topology g.host")) == len(hosts))
+    drawn = dict(
+        browser.execute_script(
+            "return Array.from(document.querySelectorAll('#topology g.host'), (g) => [g.dataset.host, g.textContent])"
+        )
+    )
     assert set(drawn) == set(hosts)
     for name, h in hosts.items():
         assert name in drawn[name] and h["addresses"][0] in drawn[name], (name, drawn[name])
-    assert browser.find_element(By.ID, "live").text == "live"
+    assert texts("#live") == ["live"]
     # the agents answer: both secondaries up with their keys
-    wait.until(lambda d: all(d.find_element(By.CSS_SELECTOR, f"#agent-{n} .pill").text == "up" for n in ("sc1", "ss1")))
+    wait.until(lambda _: texts("#agent-sc1 .pill") == ["up"] and texts("#agent-ss1 .pill") == ["up"])
     sc1, ss1 = hosts["sc1"]["addresses"][0], hosts["ss1"]["addresses"][0]
     server = control.host("ss1").popen(
         PY, "-m", "lab.servers", "udp-echo", "5353", "5", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
@@ -149,21 +160,20 @@ def test_web_view_live_in_a_browser(minimal_lab: dict[str, Any], web_url: str, b
         )  # fmt: skip
         cell = f'#flows tr.flow[data-flow*="{ss1}]:5353"] [data-metric="server_delay-last"]'
 
-        def value(d: Any) -> str | None:
-            found = d.find_elements(By.CSS_SELECTOR, cell)
-            text = found[0].text if found else ""
-            return text if text.endswith(" ms") else None
+        def value(_: Any) -> str | None:
+            found = texts(cell)
+            return found[0] if found and found[0].endswith(" ms") else None
 
-        first = WebDriverWait(browser, 40, poll_frequency=0.2).until(value)
+        first = wait.until(value)
         assert 0 < float(first.split()[0]) < 1000
-        changed = WebDriverWait(browser, 30, poll_frequency=0.2).until(lambda d: (v := value(d)) != first and v)
+        changed = wait.until(lambda d: (v := value(d)) != first and v)
         assert changed != first
         # the same packets twice: ciphertext on the wire, opened with the keys
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#wire tbody tr td.hex span.ct"))
-        wait.until(lambda d: any(p.text == "opened" for p in d.find_elements(By.CSS_SELECTOR, "#opened tbody .pill")))
-        wire_text = browser.find_element(By.ID, "wire").text
+        wait.until(lambda _: texts("#wire tbody tr td.hex span.ct"))
+        wait.until(lambda _: "opened" in texts("#opened tbody .pill"))
+        wire_text = " ".join(texts("#wire tbody tr"))
         assert sc1 in wire_text and ss1 in wire_text
-        assert int(browser.find_element(By.CSS_SELECTOR, "#agent-sc1 td.c-inserted").text) > 0
+        assert int(texts("#agent-sc1 td.c-inserted")[0]) > 0
         shot = tmp_path / "web-view.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         dest = Path(os.environ.get("PDMV2_ARTIFACTS", tempfile.gettempdir())) / "pdmv2-web-view.png"
