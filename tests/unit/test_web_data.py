@@ -335,3 +335,18 @@ def test_agentwatch_streams_the_agents_stats_and_says_when_there_is_none(tmp_pat
         [sys.executable, "-m", "lab.web.agentwatch"], capture_output=True, text=True, cwd=repo, check=False
     )
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_collector_snapshot_before_any_reading_has_what_the_page_draws() -> None:
+    from lab.web.collect import Collector
+
+    topo, _ = load_topology("enterprise")
+    st = {"hosts": {n.name: {"pid": 1000 + i} for i, n in enumerate(topo.hosts)}, "started": 1.0}
+    snap = Collector(st, topo).snapshot()  # no thread started: nothing entered, nothing read
+    assert snap["lab"] == {"up": True, "topology": "enterprise", "started": 1.0}
+    assert [a["host"] for a in snap["agents"]] == ["sc1", "sc2", "sc3", "ss1", "ss2", "ss3"]
+    assert all(a["status"] == "?" for a in snap["agents"]) and snap["agents_polled_s_ago"] is None
+    assert snap["flows"] == [] and snap["packets"] == []
+    assert snap["capture"]["host"] == "obs" and snap["capture"]["keys_from"] == [] and snap["capture"]["frames"] == 0
+    assert {h["name"] for h in snap["graph"]["hosts"]} == set(st["hosts"])
+    json.dumps(snap)  # what the event stream sends
