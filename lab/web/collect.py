@@ -216,7 +216,10 @@ class Collector:
                 if n.role != "ss":
                     continue
                 for path in KEY_FILES:
-                    out = self.hosts[n.name].run("cat", path, timeout=10)
+                    try:
+                        out = self.hosts[n.name].run("cat", path, timeout=10)
+                    except subprocess.TimeoutExpired:
+                        continue
                     if out.returncode == 0 and out.stdout.strip():
                         texts[f"{n.name}:{path}"] = out.stdout
             unique: dict[str, str] = {}
