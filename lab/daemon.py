@@ -303,7 +303,7 @@ class LabDaemon:
             "/var/lib/pdmv2/ps/secondaries/server.json",
         )
 
-    def inventory(self, primary: Node, host_keys: dict[str, str]) -> dict[str, Any]:
+    def inventory(self, primary: Node) -> dict[str, Any]:
         """The Ansible inventory a primary uses for its secondaries (playbooks/inventory.example.yml's shape)."""
         client = primary.role == "pc"
         encrypted = self.topo.site_prefixes(self.topo.partner(primary.name).name)
@@ -363,7 +363,7 @@ class LabDaemon:
         self.write(primary.name, "/root/.ssh/known_hosts", known, "0600")
         for s in secondaries:  # provisioning: the primary's key is trusted by its secondaries
             self.write(s.name, "/etc/pdmv2/ssh/authorized_keys", pub, "0600")
-        self.write(primary.name, INVENTORY, json.dumps(self.inventory(primary, host_keys)), "0600")
+        self.write(primary.name, INVENTORY, json.dumps(self.inventory(primary)), "0600")
         self.wait_all("sshd", [s.name for s in secondaries], self.listening, timeout=20)
         progress["status"] = "running"
         self.step(f"{primary.name}: ansible (playbooks/site.yml) to {len(secondaries)} secondaries")

@@ -207,6 +207,8 @@ def test_ansible_second_run_reports_no_change(up: dict) -> None:
     assert run.stdout.strip().endswith("changed 0, failed 0")
     assert up["push"]["pc"] == {"hosts": 3, "done": 3, "status": "done"}
     assert up["push"]["ps"] == {"hosts": 3, "done": 3, "status": "done"}
+    status = lab("status").stdout
+    assert "pc: ansible done, agents and keys on 3/3 secondaries" in status, status
 
 
 def test_lab_cli_messages(up: dict) -> None:

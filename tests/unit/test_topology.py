@@ -194,3 +194,27 @@ def test_root_routes_that_do_not_overlap_are_accepted() -> None:
     check_root_routes(t, [*ROOT_ROUTES[1:], "unreachable 2001:db8:77::/48 metric 1024", "garbage", ""], "e")
     with pytest.raises(ConfigError, match="unreachable 2001:db8::/32"):  # a wider route covers the lab
         check_root_routes(t, ["unreachable 2001:db8::/32 metric 1024"], "e")
+
+
+def test_each_primary_deploys_only_its_own_secondaries_with_its_own_policy() -> None:
+    from lab.daemon import LabDaemon
+
+    daemon = LabDaemon(parse_topology(TWO_ORGS, "two-orgs.yaml"))
+    psa = daemon.inventory(daemon.topo.node("psa"))["all"]
+    assert list(psa["children"]) == ["secondary_servers"]
+    hosts = psa["children"]["secondary_servers"]["hosts"]
+    assert hosts == {
+        "ssa1": {"ansible_host": "2001:db8:a2::11", "pdmv2_keys_source": "/var/lib/pdmv2/ps/secondaries/server.json"},
+        "ssa2": {"ansible_host": "2001:db8:a2::12", "pdmv2_keys_source": "/var/lib/pdmv2/ps/secondaries/server.json"},
+    }
+    assert psa["vars"]["pdmv2_agent_policy_rules"] == [
+        {"prefix": "fe80::/10", "mode": "pdmv2-clear"},
+        {"prefix": "2001:db8:a1::/64", "mode": "pdmv2-encrypted"},  # its own organisation's client site only
+    ]
+    pcb = daemon.inventory(daemon.topo.node("pcb"))["all"]
+    assert pcb["children"]["secondary_clients"]["hosts"]["scb2"] == {
+        "ansible_host": "2001:db8:b1::12",
+        "pdmv2_keys_source": "/var/lib/pdmv2/pc/secondaries/2001_db8_b1__12.json",
+    }
+    assert [r["prefix"] for r in pcb["vars"]["pdmv2_agent_policy_rules"]] == ["fe80::/10", "2001:db8:b2::/64"]
+    assert pcb["vars"]["pdmv2_agent_service_manager"] == "supervised"
