@@ -516,7 +516,7 @@ def check_root_routes(topo: Topology, routes: list[str], source: str = "topology
                     if a.network.overlaps(net):
                         raise _err(
                             source,
-                            f"nodes.{n.name}.interfaces.{iface.name}",
+                            f"topology.nodes.{n.name}.interfaces.{iface.name}",
                             f"{a.network} overlaps the route '{line}' of this machine's root namespace: "
                             "choose another part of 2001:db8::/32 for the lab",
                         )

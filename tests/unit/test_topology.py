@@ -185,7 +185,7 @@ def test_lab_subnet_overlapping_a_root_route_is_refused_naming_the_route() -> No
     t = parse_topology(ENTERPRISE, "enterprise.yaml")
     with pytest.raises(ConfigError) as exc:
         check_root_routes(t, ROOT_ROUTES, "enterprise.yaml")
-    assert exc.value.field == "nodes.pc.interfaces.eth0"  # the first node on 2001:db8:1::/64
+    assert exc.value.field == "topology.nodes.pc.interfaces.eth0"  # the first node on 2001:db8:1::/64
     assert "2001:db8:1::/64 dev eth0 proto kernel" in str(exc.value)
 
 
