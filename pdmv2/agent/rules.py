@@ -50,7 +50,8 @@ def guard_spec(per_prefix_pps: int) -> list[str]:
 def rule_specs(queue: int, mss: int, per_prefix_pps: int = 0) -> list[list[str]]:
     """The ip6tables argument lists that build our chains (without the leading 'ip6tables')."""
     q = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
-    guard = [["-t", "filter", "-A", IN, *guard_spec(per_prefix_pps)]] if per_prefix_pps else []
+    opts = ["-m", "ipv6header", "--header", "ipv6-opts", "--soft"]
+    guard = [["-t", "filter", "-A", IN, *opts, *guard_spec(per_prefix_pps)]] if per_prefix_pps else []
     specs = [
         ["-t", "filter", "-N", OUT],
         ["-t", "filter", "-A", OUT, "-o", "lo", "-j", "RETURN"],
@@ -62,7 +63,7 @@ def rule_specs(queue: int, mss: int, per_prefix_pps: int = 0) -> list[list[str]]
         ["-t", "filter", "-N", IN],
         ["-t", "filter", "-A", IN, "-i", "lo", "-j", "RETURN"],
         *guard,
-        ["-t", "filter", "-A", IN, "-m", "ipv6header", "--header", "ipv6-opts", "--soft", *q],
+        ["-t", "filter", "-A", IN, *opts, *q],
         ["-t", "mangle", "-N", MSS],
         [
             "-t",

@@ -80,6 +80,7 @@ _RESYNC_DELTAS = (0, -1, 1)
 _RESYNC_SPACE = len(_RESYNC_DELTAS) * _RESYNC_ROTATIONS // 2  # candidates of one parity
 _MAX_PROBES = 4096  # resync cursors kept for flows the receiver has no state for
 _BITMAP_OCTETS = (PRSEQ_PERIOD + 1) // 8
+_COMPACT_AFTER = 1024  # flows forgotten at once after which the table is copied to shrink it
 
 
 class Mode(StrEnum):
@@ -343,6 +344,13 @@ class PdmEngine:
         old = [k for k, st in self._flows.items() if now_ns - st.last_seen_ns > self.idle_ns]
         for k in old:
             self._forget(self._flows.pop(k))
+        if len(old) >= _COMPACT_AFTER:
+            # A dict keeps the size it grew to: copy it so that a flood's table is given back; and
+            # the secrets derived for the flood's peers go too (they pin scattered memory).
+            self._flows = OrderedDict(self._flows)
+            self._probes = OrderedDict(self._probes)
+            if self.keys is not None:
+                self.keys.drop_cache()
         return len(old)
 
     def _forget(self, st: FlowState) -> None:

@@ -45,6 +45,10 @@ class KeyProvider(Protocol):
         """client_secret protecting the flow; raises UnknownKeyError when none does."""
         ...
 
+    def drop_cache(self) -> None:
+        """Forget derived secrets kept for speed (after a flood, so their memory goes back)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ClientKeyring:
@@ -76,6 +80,9 @@ class ClientKeyring:
         if self.server_prefixes and not _covered(remote, self.server_prefixes):
             raise UnknownKeyError("remote address outside the secondary servers' prefixes")
         return self.secret
+
+    def drop_cache(self) -> None:
+        """Nothing is cached: the one secret is the key file's."""
 
 
 class ServerKeyring:
@@ -126,6 +133,10 @@ class ServerKeyring:
             self._cache.popitem(last=False)
         return secret
 
+    def drop_cache(self) -> None:
+        """Forget the client_secrets derived so far (they are derived again when needed)."""
+        self._cache = OrderedDict()
+
 
 class CombinedKeyring:
     """Several keyrings tried in order (a host that is both client and server, or two registrations)."""
@@ -154,6 +165,11 @@ class CombinedKeyring:
             except UnknownKeyError:
                 continue
         raise UnknownKeyError("no key covers this flow")
+
+    def drop_cache(self) -> None:
+        """Every keyring's cache."""
+        for ring in self.rings:
+            ring.drop_cache()
 
 
 def _covered(addr: bytes, prefixes: tuple[ipaddress.IPv6Network, ...]) -> bool:
@@ -334,3 +350,7 @@ class EitherEndKeyring:
             return self.ring.client_secret_for(local=local, remote=remote)
         except UnknownKeyError:
             return self.ring.client_secret_for(local=remote, remote=local)
+
+    def drop_cache(self) -> None:
+        """The wrapped keyring's cache."""
+        self.ring.drop_cache()

@@ -95,6 +95,8 @@ class MetricsTracker:
         old = [k for k, memo in self._flows.items() if memo.last_ns < older_than_ns]
         for k in old:
             del self._flows[k]
+        if len(old) >= 1024:
+            self._flows = OrderedDict(self._flows)  # shrink the table a flood grew
         return len(old)
 
     @staticmethod

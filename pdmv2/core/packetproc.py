@@ -117,6 +117,8 @@ class PacketProcessor:
     def expire(self, now_ns: int) -> int:
         """Forget flows idle for the engine's ``idle_ns``: flow state, metrics and stats alike."""
         gone = self.engine.expire(now_ns)
+        if gone >= 1024:
+            self._modes = ModeTable(self.policy)  # a flood's destinations leave the cache too
         horizon = now_ns - self.engine.idle_ns
         self.metrics.expire(horizon)
         for key in [k for k, fs in self.flow_stats.items() if fs.last_ns < horizon]:

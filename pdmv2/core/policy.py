@@ -115,7 +115,7 @@ class Policy:
 
 
 _DEFAULTS = Policy(rules=())  # what a setting missing from the file gets
-_CACHE_SIZE = 65536  # destinations remembered; cleared when full
+_CACHE_SIZE = 4096  # destinations remembered; cleared when full (a lookup is cheap, memory is not)
 
 
 class ModeTable:
