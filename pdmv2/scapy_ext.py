@@ -1,7 +1,7 @@
 """scapy option classes for PDM and PDMv2, registered so ``IPv6ExtHdrDestOpt`` dissects them.
 
 One class per layout, as on the wire (Option Type 0x0F; Option Length tells them apart, draft
--03 §6.3; docs/protocol.md §2):
+-03 §6.3; docs/protocol.md §1):
 
 =====================  ======  ===============================================================
 class                  length  fields after Option Type and Option Length
