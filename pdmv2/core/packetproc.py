@@ -163,16 +163,7 @@ class PacketProcessor:
         if new_flow:
             self.limiter.charge(info.flow.dst, now_ns)
         new[offset : offset + len(sent.option)] = sent.option
-        self._record(
-            PacketRecord(
-                flow=sent.flow,
-                psntp=sent.psntp,
-                psnlr=sent.psnlr,
-                delta_tlr_as=sent.delta_tlr_as,
-                delta_tls_as=sent.delta_tls_as,
-                t_ns=now_ns,
-            )
-        )
+        self._record_pdm(sent, now_ns)
         return self._v("egress", Verdict(Outcome.INSERTED, bytes(new), sent=sent))
 
     def ingress(self, packet: bytes, now_ns: int) -> Verdict:
@@ -210,16 +201,7 @@ class PacketProcessor:
             return self._v("ingress", Verdict(outcome, drop=drop, detail=str(exc)))
         if costly:
             self.limiter.charge(peer, now_ns)
-        self._record(
-            PacketRecord(
-                flow=got.flow,
-                psntp=got.psntp,
-                psnlr=got.psnlr,
-                delta_tlr_as=got.delta_tlr_as,
-                delta_tls_as=got.delta_tls_as,
-                t_ns=now_ns,
-            )
-        )
+        self._record_pdm(got, now_ns)
         return self._v("ingress", Verdict(Outcome.READ, received=got))
 
     def _costly(self, wire: FiveTuple) -> bool:
@@ -230,6 +212,18 @@ class PacketProcessor:
     def _v(self, direction: str, verdict: Verdict) -> Verdict:
         self._count(direction, verdict.outcome)
         return verdict
+
+    def _record_pdm(self, pdm: Sent | Received, now_ns: int) -> list[Measurement]:
+        return self._record(
+            PacketRecord(
+                flow=pdm.flow,
+                psntp=pdm.psntp,
+                psnlr=pdm.psnlr,
+                delta_tlr_as=pdm.delta_tlr_as,
+                delta_tls_as=pdm.delta_tls_as,
+                t_ns=now_ns,
+            )
+        )
 
     def _record(self, rec: PacketRecord) -> list[Measurement]:
         found = self.metrics.feed(rec)
