@@ -139,7 +139,14 @@ class LiveDecoder:
             delta_tlr_ns=got.delta_tlr_as / 1e9,
             delta_tls_ns=got.delta_tls_as / 1e9,
         )
-        for m in self._tracker.feed(PacketRecord(got.flow, got.psntp, got.psnlr, got.delta_tlr_as, got.delta_tls_as)):
+        rec = PacketRecord(
+            flow=got.flow,
+            psntp=got.psntp,
+            psnlr=got.psnlr,
+            delta_tlr_as=got.delta_tlr_as,
+            delta_tls_as=got.delta_tls_as,
+        )
+        for m in self._tracker.feed(rec):
             if m.metric is Metric.CLIENT_DELAY:
                 continue
             series = self._flows.get(m.flow)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lab.netns import write_agent_config
 from pdmv2.capture import decode_capture
+from pdmv2.core.prseq import PRSEQ_PERIOD
 from tests.e2e.topo import POLICY, PY, SALT, SHARED, A, AgentTopo, B
 
 EPOCH_S = 2
@@ -149,7 +150,7 @@ def test_a_forged_flood_from_one_prefix_leaves_a_legitimate_flow_measured(topo: 
     write_agent_config(
         topo.tmp / "b" / "config",
         side="server",
-        policy=POLICY.format(rotate=32767),
+        policy=POLICY.format(rotate=PRSEQ_PERIOD),
         client_addr=A,
         client_prefix="2001:db8::/32",
         shared_secret=SHARED,

@@ -29,6 +29,7 @@ from pdmv2.core.errors import KeyWaitError
 from pdmv2.core.flow import RESERVE_AHEAD
 from pdmv2.core.keyring import ClientKeyring, ServerKeyring
 from pdmv2.core.keys import kri_epoch, kri_rotation
+from pdmv2.core.prseq import PRSEQ_PERIOD
 
 SHARED, SALT = bytes(range(32)), bytes(32)
 C, S = "2001:db8:1::10", "2001:db8:2::20"
@@ -95,7 +96,7 @@ def send(engine: PdmEngine, flow: FiveTuple, now: int) -> Sent | None:
 def test_echo_sessions_after_idle_expiry_never_reuse_a_nonce() -> None:
     # 20 ping sessions of 1,000 packets, 301 s apart: the flow expires between them.  Each
     # session starts in a new key epoch, so no key is shared between sessions at all.
-    eng = sender(Disk(), rotate_after=32767)
+    eng = sender(Disk(), rotate_after=PRSEQ_PERIOD)
     out: list[Sent] = []
     t = 10 * SEC
     for _ in range(20):
@@ -121,7 +122,7 @@ def test_a_forgotten_flow_that_comes_back_in_the_same_epoch_uses_a_new_key() -> 
 
 
 def test_eviction_forced_by_spoofed_flows_does_not_reset_the_key() -> None:
-    eng = sender(Disk(), rotate_after=32767, max_flows=64)
+    eng = sender(Disk(), rotate_after=PRSEQ_PERIOD, max_flows=64)
     t = 50 * SEC
     out = [send(eng, ECHO, t + i) for i in range(100)]
     for k in range(200):  # an attacker's flows push ECHO out of the table
