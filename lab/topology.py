@@ -384,6 +384,9 @@ def parse_topology(text: str, source: str = "topology") -> Topology:
                 raise _err(source, where, f"unknown node {node_name!r}")
             if node.kind != "bridge" and ifname not in {x.name for x in node.interfaces}:
                 raise _err(source, where, f"{node_name} has no interface {ifname!r}")
+            if node.kind == "bridge" and len(f"pdm{node_name}-{ifname}") > 15:
+                # the bridge's side of the veth is named pdmBRIDGE-PORT, and Linux allows 15 characters
+                raise _err(source, where, f"{ep}: a bridge port name here may have {11 - len(node_name)} characters")
             if (node_name, ifname) in used:
                 raise _err(source, where, f"{ep} is used twice")
             used.add((node_name, ifname))
