@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.keyring import KeyProvider
-from ..core.keys import FiveTuple
+from ..core.keys import FiveTuple, session_key
 from ..core.metrics import PacketRecord
 from ..core.policy import Policy
 from ..native import (
@@ -50,7 +50,7 @@ log = logging.getLogger("pdmv2.agent")
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _DRAIN_MAX = 8192
 _POOL_LOW = 2048
-HOLD_NS = 20_000_000
+HOLD_NS = 50_000_000
 """Longest a packet waits for its key (first packet of a flow or key epoch); then it goes out unmeasured."""
 
 
@@ -125,6 +125,7 @@ class NativeLoop:
         self.dp.set_clock(wall_offset_ns=wall_offset_ns)
         self.wall_offset_ns = wall_offset_ns
         self._refill()
+        self._warm_up()
         self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.dp.set_notify_fd(self._notify)
         self._stop_r, self._stop_w = os.pipe()
@@ -219,6 +220,12 @@ class NativeLoop:
         self.records_drained += n
         return n
 
+    def _warm_up(self) -> None:
+        """One derivation now, so the first packets' keys do not pay for cold imports and caches."""
+        if self.keys is not None:
+            suite = self.keys.suite
+            session_key(suite, client_secret=bytes(suite.nh), flow=FiveTuple(bytes(16), 0, bytes(16), 0, 17), kri=0)
+
     def _refill(self) -> None:
         if self.dp.stats()["pool"] < _POOL_LOW:
             raw = os.urandom(4 * 4096)
@@ -275,6 +282,7 @@ class NativeLoop:
                 "reservations": self.reservations,
                 "not_for_us": st["not_read"],
                 "control_errors": self.errors,
+                "floors": self.dp.floors(),
             },
         }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -71,11 +72,14 @@ OUTCOMES = (
     "key_wait",
     "reserve_pending",
     "not_for_us",
+    "rate_limited",
 )
 MODE_CODES = {Mode.OFF: 0, Mode.PDM: 1, Mode.PDMV2_CLEAR: 2, Mode.PDMV2_ENCRYPTED: 3}
 MODES = {v: k for k, v in MODE_CODES.items()}
 HOOK_INGRESS, HOOK_EGRESS = 0, 1
 REQ_KEY, REQ_RESERVE, REQ_RX_EPOCH = 1, 2, 3
+LIMITED_NS = 100_000_000
+"""How long a derivation refused by the budget answers "rate_limited" before it is asked again."""
 _AEAD_IDS = (1, 2, 3)
 
 # The record layout of _datapath.c (rec_t), little-endian, 96 octets.
@@ -248,6 +252,8 @@ def serve_requests(
             continue
         wire = unpack_tuple(packed)
         if allow is not None and not allow(wire, seal):
+            # over budget: "rate_limited" for a while (no request per packet), then asked again
+            dp.install_key(packed, kri, 1, None, None, seal, time.monotonic_ns() + LIMITED_NS)
             continue
         local = wire if seal else wire.reversed()
         aead = int(keys.suite.aead) if keys is not None else 1

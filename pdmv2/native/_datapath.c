@@ -49,7 +49,7 @@ enum { HOOK_INGRESS = 0, HOOK_EGRESS = 1 };
 enum {
     O_INSERTED, O_OFF, O_NOT_MEASURED, O_TOO_BIG, O_REFUSED, O_NO_KEY, O_MALFORMED, O_READ,
     O_NO_PDM, O_AUTH_FAILED, O_REPLAY, O_STALE_KEY, O_BAD_OPTION, O_DOWNGRADE, O_KEY_PENDING,
-    O_KRI_WAIT, O_RESERVE_PENDING, O_NOT_READ, O_COUNT
+    O_KRI_WAIT, O_RESERVE_PENDING, O_NOT_READ, O_RATE_LIMITED, O_COUNT
 };
 
 enum { REQ_KEY = 1, REQ_RESERVE = 2, REQ_RX_EPOCH = 3 };
@@ -321,6 +321,7 @@ typedef struct {
     uint64_t kri;
     uint8_t used, seal;
     uint32_t stamp;
+    int64_t limited_until; /* no key yet: the peer's derivation budget is used up until then */
     aead_t aead;
 } keyent_t;
 
@@ -494,7 +495,7 @@ static keyent_t *key_find(DatapathObject *d, const tkey_t *k, uint64_t kri) {
 }
 
 static int key_install(DatapathObject *d, const tkey_t *k, uint64_t kri, int aead_id, const uint8_t *key,
-                       const uint8_t *base, int seal) {
+                       const uint8_t *base, int seal, int64_t limited_until) {
     keyent_t *set = &d->keys[(tkey_hash(k, kri + 1) % d->key_sets) * KEY_WAYS], *victim = NULL;
     for (int w = 0; w < KEY_WAYS; w++)
         if (set[w].used && set[w].kri == kri && memcmp(set[w].key.b, k->b, 40) == 0) victim = &set[w];
@@ -509,6 +510,7 @@ static int key_install(DatapathObject *d, const tkey_t *k, uint64_t kri, int aea
     victim->kri = kri;
     victim->seal = (uint8_t)seal;
     victim->used = 1;
+    victim->limited_until = key ? 0 : limited_until;
     victim->stamp = ++d->key_stamp;
     return 0;
 }
@@ -894,15 +896,16 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
             kri = f->own_kri;
         }
         if (fresh && (int64_t)kri > d->reserved) {
-            request(d, REQ_RESERVE, NULL, kri + RESERVE_AHEAD, 1);
+            request(d, REQ_RESERVE, NULL, kri | RESERVE_AHEAD, 1); /* aligned blocks of 16 */
             return O_RESERVE_PENDING;
         }
         if (mode == MODE_ENC) {
             ke = key_find(d, &k, kri);
-            if (!ke) {
+            if (!ke || (ke->limited_until && now >= ke->limited_until)) {
                 request(d, REQ_KEY, &k, kri, 1);
                 return O_KEY_PENDING;
             }
+            if (ke->limited_until) return O_RATE_LIMITED;
             if (!ke->aead.ctx) return O_NO_KEY;
         }
     }
@@ -1023,6 +1026,10 @@ static int candidates(DatapathObject *d, flow_t *f, const tkey_t *local, int fb,
             for (int j = 0; j < i; j++) dup |= es[j] == es[i];
             if (!dup && es[i] > last) out[n++] = KRI(es[i], fb);
         }
+        /* a sender that restarted within the epoch goes on at the next reservation block */
+        uint64_t block = (cur | RESERVE_AHEAD) + 1 + (uint64_t)fb;
+        out[n++] = block;
+        out[n++] = block + RESERVE_AHEAD + 1;
     } else {
         for (int i = 0; i < 3; i++)
             if (epoch + deltas[i] >= 0) out[n++] = KRI(epoch + deltas[i], fb);
@@ -1079,16 +1086,22 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
         uint16_t rnf = be16(opt + 4);
         rn = rnf >> 1;
         int fb = rnf & 1;
-        uint64_t cand[16];
+        uint64_t cand[32];
         advance_epoch(d, now);
         uint32_t cursor, *cp0 = f ? &f->cursor : probe_cursor(d, &local, 0), cursor0 = cp0 ? *cp0 : 0;
         int nc = candidates(d, f, &local, fb, cand, &cursor), opened = -1;
         for (int i = 0; i < nc; i++) {
             keyent_t *ke = key_find(d, &wire, cand[i]);
+            if (ke && ke->limited_until) {
+                if (now < ke->limited_until) return O_RATE_LIMITED; /* unmeasured, cursor unmoved */
+                ke = NULL;
+            }
             if (!ke) {
-                /* the control plane derives it; this packet passes unmeasured (cursor unmoved) */
-                for (int j = i; j < nc; j++)
-                    if (!key_find(d, &wire, cand[j])) request(d, REQ_KEY, &wire, cand[j], 0);
+                /* the control plane derives it; this packet is held meanwhile (cursor unmoved) */
+                for (int j = i; j < nc; j++) {
+                    keyent_t *kj = key_find(d, &wire, cand[j]);
+                    if (!kj || kj->limited_until) request(d, REQ_KEY, &wire, cand[j], 0);
+                }
                 return O_KEY_PENDING;
             }
             if (!ke->aead.ctx) {
@@ -1217,7 +1230,7 @@ static int Datapath_init(DatapathObject *d, PyObject *args, PyObject *kw) {
     dp_free_tables(d);
     pthread_mutex_init(&d->mu, NULL);
     d->rotate_after = PRSEQ_PERIOD;
-    d->max_tries = 6;
+    d->max_tries = 8;
     d->mtu = 1500;
     d->grace_ns = 2000000000LL;
     d->idle_ns = 300000000000LL;
@@ -1276,7 +1289,7 @@ static PyObject *Datapath_configure(DatapathObject *d, PyObject *args, PyObject 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|iLLLiipp", kwlist, &rotate_after, &grace, &idle, &epoch, &max_tries,
                                      &mtu, &drop, &records))
         return NULL;
-    if (rotate_after < 1 || rotate_after > (int)PRSEQ_PERIOD || epoch <= 0 || max_tries < 1 || max_tries > 9 ||
+    if (rotate_after < 1 || rotate_after > (int)PRSEQ_PERIOD || epoch <= 0 || max_tries < 1 || max_tries > 16 ||
         mtu < 1280 || mtu > 65535 || grace < 0 || idle <= 0) {
         PyErr_SetString(PyExc_ValueError, "configure: a setting is out of range");
         return NULL;
@@ -1408,8 +1421,9 @@ static PyObject *Datapath_install_key(DatapathObject *d, PyObject *args) {
     PyObject *t;
     unsigned long long kri;
     int id, seal;
+    long long limited_until = 0;
     Py_buffer key = {0}, base = {0};
-    if (!PyArg_ParseTuple(args, "SKiz*z*p", &t, &kri, &id, &key, &base, &seal)) return NULL;
+    if (!PyArg_ParseTuple(args, "SKiz*z*p|L", &t, &kri, &id, &key, &base, &seal, &limited_until)) return NULL;
     tkey_t k;
     PyObject *res = NULL;
     if (parse_tkey(t, &k) == 0) {
@@ -1417,7 +1431,7 @@ static PyObject *Datapath_install_key(DatapathObject *d, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "install_key: wrong AEAD id or key/nonce length");
         } else {
             LOCK(d);
-            int rc = key_install(d, &k, kri, id, key.buf, base.buf, seal);
+            int rc = key_install(d, &k, kri, id, key.buf, base.buf, seal, limited_until);
             UNLOCK(d);
             if (rc) PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the key");
             else res = Py_NewRef(Py_None);
@@ -1847,7 +1861,8 @@ static PyMethodDef Datapath_methods[] = {
      "set_floors(send_floor, recv_floor, reserved, epoch)"},
     {"floors", (PyCFunction)Datapath_floors, METH_NOARGS, "send/recv floors, reservation, epoch A"},
     {"feed_random", (PyCFunction)Datapath_feed_random, METH_O, "feed_random(u32 list) -> taken"},
-    {"install_key", (PyCFunction)Datapath_install_key, METH_VARARGS, "install_key(tuple37, kri, aead, key, nonce, seal)"},
+    {"install_key", (PyCFunction)Datapath_install_key, METH_VARARGS,
+     "install_key(tuple37, kri, aead, key, nonce, seal[, limited_until_ns]): key None = no key (or limited)"},
     {"clear_keys", (PyCFunction)Datapath_clear_keys, METH_NOARGS, "forget every key (reload)"},
     {"requests", (PyCFunction)Datapath_requests, METH_NOARGS, "pending key/reservation requests"},
     {"process", (PyCFunction)Datapath_process, METH_VARARGS, "process(hook, packet, now_ns)"},
