@@ -63,13 +63,13 @@ demo: deps ## the teaching walkthrough on the default lab topology (up, traffic,
 demo-core: deps ## the protocol walked through in one process, no lab
 	$(PY) -m pdmv2.demo
 
-lab-up: deps ## build and start the lab: make lab-up [TOPO=enterprise|minimal] [SECONDARIES=N]
+lab-up: deps ## build and start the lab: make lab-up [TOPO=enterprise|minimal|two-orgs] [SECONDARIES=N]
 	$(LAB) up --topo $(TOPO) $(if $(SECONDARIES),--secondaries $(SECONDARIES))
 
 lab-down: ## remove everything the lab made (also after a crash)
 	@if [ -x $(PY) ]; then $(LAB) down; else echo "no .venv: nothing of a lab can be running"; fi
 
-lab-status: ## hosts, roles, addresses, agent status
+lab-status: ## hosts, roles, addresses, agent status, the Ansible push's progress
 	@if [ -x $(PY) ]; then $(LAB) status; else echo "no lab is up"; fi
 
 lab-shell: ## a shell in a lab host: make lab-shell HOST=sc1
