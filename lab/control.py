@@ -308,7 +308,7 @@ def status_table(st: dict[str, Any]) -> list[str]:
         if h["role"] in ("sc", "ss"):
             s = answers[name]
             if s is None:
-                agent = "DOWN"
+                agent = "DOWN" if st.get("ready") else "not running yet"
             else:
                 keyed = "keys loaded" if s.get("keys") else "NO KEYS"
                 c = s["counters"]
