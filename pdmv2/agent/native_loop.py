@@ -51,6 +51,8 @@ _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _DRAIN_MAX = 8192
 _POOL_LOW = 2048
 HOLD_NS = 50_000_000
+PREFETCH_NS = 1_000_000_000
+"""How long before a key epoch changes its keys and durable state are prepared."""
 """Longest a packet waits for its key (first packet of a flow or key epoch); then it goes out unmeasured."""
 
 
@@ -115,6 +117,8 @@ class NativeLoop:
         self.lock = lock if lock is not None else threading.Lock()
         self.policy = policy
         apply_policy(self.dp, policy, epoch_ns=epoch_ns)
+        # Keys, reservations and receive epochs are asked for before packets must wait for them.
+        self.dp.configure(prefetch_ns=min(PREFETCH_NS, epoch_ns // 4))
         send_floor, recv_floor, reserved = floors
         self.dp.set_floors(
             send_floor=send_floor,

@@ -353,7 +353,7 @@ typedef struct DatapathObject {
     pthread_mutex_t mu;
     /* config */
     int rotate_after, max_tries, mtu, drop_on_auth_failure, aead_id;
-    int64_t grace_ns, idle_ns, epoch_ns, wall_offset_ns;
+    int64_t grace_ns, idle_ns, epoch_ns, wall_offset_ns, prefetch_ns;
     /* policy: longest prefix first */
     int nrules, default_mode;
     uint8_t (*rule_net)[16];
@@ -786,6 +786,8 @@ static int mode_for(DatapathObject *d, const uint8_t *addr) {
     return d->default_mode;
 }
 
+#define KRI(e, r) (((uint64_t)(e) << 16) | (uint64_t)(r))
+
 static inline uint64_t epoch_of(DatapathObject *d, int64_t now) {
     int64_t w = now + d->wall_offset_ns;
     return w <= 0 ? 0 : (uint64_t)(w / d->epoch_ns);
@@ -849,6 +851,38 @@ static void record(DatapathObject *d, int dir, int mode, int outcome, const tkey
     r->kri = kri;
     r->has_kri = (uint8_t)has_kri;
     rec_commit(d);
+}
+
+/* Prefetch (agent only; off in the differential tests, where it would change when Python is
+ * asked): keys and durable state a flow will need soon are asked for before a packet must wait
+ * for them -- the next rotation's key from half-way through a PRSEQ, the next key epoch's key,
+ * reservation and receive epoch from prefetch_ns before the epoch changes. */
+static void prefetch_key(DatapathObject *d, const tkey_t *k, uint64_t kri, int seal) {
+    keyent_t *ke = key_find(d, k, kri);
+    if (!ke) request(d, REQ_KEY, k, kri, seal);
+}
+
+static void prefetch_send(DatapathObject *d, flow_t *f, const tkey_t *k, int64_t now) {
+    if (f->pr_used == f->pr_limit / 2 + 1 && (f->own_kri & 0xFFFF) != 0xFFFF) prefetch_key(d, k, f->own_kri + 1, 1);
+    uint64_t next = epoch_of(d, now + d->prefetch_ns);
+    if (next > d->A) {
+        uint64_t first = KRI(next, 0);
+        if ((int64_t)first <= d->send_floor) first = (uint64_t)d->send_floor + 1;
+        if ((first >> 16) == next) {
+            prefetch_key(d, k, first, 1);
+            if ((int64_t)first > d->reserved) request(d, REQ_RESERVE, NULL, first | RESERVE_AHEAD, 1);
+        }
+    }
+}
+
+static void prefetch_recv(DatapathObject *d, flow_t *f, const tkey_t *wire, int64_t now) {
+    uint64_t cur = f->other_kri;
+    if ((cur & 0xFFFF) != 0xFFFF) prefetch_key(d, wire, cur + 1, 0);
+    uint64_t next = epoch_of(d, now + d->prefetch_ns);
+    if (next > d->A && next > (cur >> 16)) {
+        prefetch_key(d, wire, KRI(next, 0), 0);
+        if ((int64_t)next > d->rx_recorded) request(d, REQ_RX_EPOCH, NULL, next, 0);
+    }
 }
 
 /* Egress: *out_packet set when the packet changes.  now < 0: read the clock here (as late as
@@ -970,6 +1004,7 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
     f->last_seen = now;
     f->sent++;
     d->last_egress_flow = fi;
+    if (d->prefetch_ns && mode == MODE_ENC) prefetch_send(d, f, &k, now);
     *changed = 1;
     record(d, HOOK_EGRESS, mode, O_INSERTED, &k, now, fields, has_gp, kri, mode == MODE_ENC);
     return O_INSERTED;
@@ -1003,8 +1038,6 @@ static void probe_drop(DatapathObject *d, const tkey_t *local) {
     for (uint32_t w = set; w < set + 4; w++)
         if (d->probes[w].used && memcmp(d->probes[w].key.b, local->b, 40) == 0) d->probes[w].used = 0;
 }
-
-#define KRI(e, r) (((uint64_t)(e) << 16) | (uint64_t)(r))
 
 /* PdmEngine._candidates: at most max_tries Kris, best first; moves the resync cursor on. */
 static int candidates(DatapathObject *d, flow_t *f, const tkey_t *local, int fb, uint64_t *out, uint32_t *next_cursor) {
@@ -1198,6 +1231,7 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
     f->last_recv = now;
     f->last_seen = now;
     f->received++;
+    if (d->prefetch_ns && mode == MODE_ENC) prefetch_recv(d, f, &wire, now);
     record(d, HOOK_INGRESS, mode, O_READ, &wire, now, fields, mode != MODE_PDM, kri, mode == MODE_ENC);
     return O_READ;
 }
@@ -1282,21 +1316,22 @@ static void Datapath_dealloc(DatapathObject *d) {
 
 static PyObject *Datapath_configure(DatapathObject *d, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"rotate_after", "grace_ns", "idle_ns", "epoch_ns", "max_tries", "mtu",
-                             "drop_on_auth_failure", "records", NULL};
+                             "drop_on_auth_failure", "records", "prefetch_ns", NULL};
     int rotate_after = d->rotate_after, max_tries = d->max_tries, mtu = d->mtu, drop = d->drop_on_auth_failure;
     int records = (int)d->rec_on;
-    long long grace = d->grace_ns, idle = d->idle_ns, epoch = d->epoch_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iLLLiipp", kwlist, &rotate_after, &grace, &idle, &epoch, &max_tries,
-                                     &mtu, &drop, &records))
+    long long grace = d->grace_ns, idle = d->idle_ns, epoch = d->epoch_ns, prefetch = d->prefetch_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iLLLiippL", kwlist, &rotate_after, &grace, &idle, &epoch, &max_tries,
+                                     &mtu, &drop, &records, &prefetch))
         return NULL;
     if (rotate_after < 1 || rotate_after > (int)PRSEQ_PERIOD || epoch <= 0 || max_tries < 1 || max_tries > 16 ||
-        mtu < 1280 || mtu > 65535 || grace < 0 || idle <= 0) {
+        mtu < 1280 || mtu > 65535 || grace < 0 || idle <= 0 || prefetch < 0) {
         PyErr_SetString(PyExc_ValueError, "configure: a setting is out of range");
         return NULL;
     }
     LOCK(d);
     d->rotate_after = rotate_after; d->grace_ns = grace; d->idle_ns = idle; d->epoch_ns = epoch;
     d->max_tries = max_tries; d->mtu = mtu; d->drop_on_auth_failure = drop; d->rec_on = (uint64_t)records;
+    d->prefetch_ns = prefetch;
     UNLOCK(d);
     Py_RETURN_NONE;
 }
@@ -1794,19 +1829,22 @@ static PyObject *Datapath_serve(DatapathObject *d, PyObject *args) {
     uint8_t *buf = malloc(MAX_PKT + 4096);
     if (!buf) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
-    struct pollfd pf[2] = {{.fd = fd, .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
+    /* Block in recv() itself (no poll() per packet: one syscall less on the latency path); a
+     * receive timeout lets the loop look at stop_fd ten times a second. */
+    struct timeval tmo = {.tv_sec = 0, .tv_usec = 100000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tmo, sizeof tmo);
+    struct pollfd stop = {.fd = stop_fd, .events = POLLIN};
     for (;;) {
-        int pr = poll(pf, 2, -1);
-        if (pr < 0) {
-            if (errno == EINTR) continue;
-            break;
+        ssize_t r = recv(fd, buf, MAX_PKT + 4096, 0);
+        if (r < 0) {
+            if (poll(&stop, 1, 0) > 0) break;
+            continue; /* timeout, EINTR, ENOBUFS */
         }
-        if (pf[1].revents) break;
-        if (!(pf[0].revents & POLLIN)) continue;
         pthread_mutex_lock(&d->mu);
-        for (int burst = 0; burst < 256; burst++) {
-            ssize_t r = recv(fd, buf, MAX_PKT + 4096, MSG_DONTWAIT);
-            if (r < 0) break; /* EAGAIN, or ENOBUFS */
+        nfq_handle_packet(h, (char *)buf, (int)r);
+        for (int burst = 1; burst < 256; burst++) {
+            r = recv(fd, buf, MAX_PKT + 4096, MSG_DONTWAIT);
+            if (r < 0) break; /* EAGAIN: the burst is over */
             nfq_handle_packet(h, (char *)buf, (int)r);
             if ((burst & 63) == 63) flush_batch(c);
         }
