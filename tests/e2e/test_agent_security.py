@@ -71,9 +71,11 @@ def test_receiver_restart_finds_the_sender_again(topo: AgentTopo) -> None:
     ping = topo.a.cmd("ping", "-6", "-c", "200", "-i", "0.025", B, check=False)  # 5 s, 2.5 epochs
     assert ping.returncode == 0
     c = topo.stats("b")["counters"]
-    assert c.get("ingress_read", 0) >= 80, c  # found again, at the latest from the second epoch on
+    # Found again at the latest two epochs on (at once when the restart fell on an epoch boundary:
+    # the sender's next epoch is above what the last run recorded as received).
+    assert c.get("ingress_read", 0) >= 80, c
     failed = sum(c.get(k, 0) for k in ("ingress_auth_failed", "ingress_stale_key"))
-    assert failed > 0 and c.get("ingress_read", 0) + failed + c.get("ingress_rate_limited", 0) >= 190, c
+    assert c.get("ingress_read", 0) + failed + c.get("ingress_rate_limited", 0) >= 190, c  # the rest: counted
 
 
 def replay(topo: AgentTopo, pcap: Path, src: str) -> int:
