@@ -54,7 +54,9 @@ lint: deps ## ruff and mypy
 bench: deps ## benchmarks: core, registration on loopback, agent in namespaces (bench/*.json, results.md)
 	$(PY) bench/core_bench.py --json bench/core.json
 	$(PY) bench/registration_bench.py --json bench/registration.json
+	$(PY) bench/native_bench.py --json bench/native.json
 	$(PY) bench/agent_bench.py --out bench/results.json
+	$(PY) bench/accuracy_bench.py --out bench/accuracy.json
 	$(PY) bench/security_bench.py --json bench/security.json --results bench/results.md
 
 demo: deps ## the teaching walkthrough on the default lab topology (up, traffic, observer, forgery, plot, down)
