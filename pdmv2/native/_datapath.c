@@ -370,7 +370,7 @@ typedef struct DatapathObject {
     uint32_t *pool;
     uint32_t pool_cap, pool_head, pool_count;
     /* flows */
-    uint32_t max_flows, nflows, nbuckets, lru_head, lru_tail, free_head;
+    uint32_t max_flows, nflows, nbuckets, lru_head, lru_tail, free_head, next_unused;
     flow_t *flows;
     uint32_t *buckets;
     /* keys */
@@ -465,10 +465,15 @@ static void flow_forget(DatapathObject *d, uint32_t i) {
 }
 
 static uint32_t flow_new(DatapathObject *d, const tkey_t *k) {
-    if (!d->free_head) flow_forget(d, d->lru_head);
-    uint32_t i = d->free_head;
+    uint32_t i;
+    if (!d->free_head && d->next_unused < d->max_flows) {
+        i = ++d->next_unused; /* slots are taken in order: untouched pages stay unmapped */
+    } else {
+        if (!d->free_head) flow_forget(d, d->lru_head);
+        i = d->free_head;
+        d->free_head = F(d, i)->hnext;
+    }
     flow_t *f = F(d, i);
-    d->free_head = f->hnext;
     memset(f, 0, sizeof *f);
     f->key = *k;
     f->used = 1;
@@ -1241,7 +1246,7 @@ static int ingress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, in
 
 static void dp_free_tables(DatapathObject *d) {
     if (d->flows) {
-        for (uint32_t i = 0; i < d->max_flows; i++) {
+        for (uint32_t i = 0; i < d->next_unused; i++) {
             free(d->flows[i].seen[0]);
             free(d->flows[i].seen[1]);
         }
@@ -1293,10 +1298,7 @@ static int Datapath_init(DatapathObject *d, PyObject *args, PyObject *kw) {
         PyErr_NoMemory();
         return -1;
     }
-    for (uint32_t i = max_flows; i >= 1; i--) {
-        d->flows[i - 1].hnext = d->free_head;
-        d->free_head = i;
-    }
+    d->free_head = d->next_unused = d->nflows = d->lru_head = d->lru_tail = 0;
     return 0;
 }
 
