@@ -216,3 +216,23 @@ def test_unavailable_extension_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(native, "UNAVAILABLE_REASON", "not built (test)")
     with pytest.raises(ConfigError, match="not built"):
         native.new_datapath()
+
+
+def test_prefetch_asks_for_the_next_epoch_and_rotation_before_they_are_needed() -> None:
+    epoch = 2_000_000_000
+    a = dp_for(client_keys())
+    a.configure(prefetch_ns=500_000_000, rotate_after=10)  # type: ignore[attr-defined]
+    a.set_floors(reserved=-1)  # type: ignore[attr-defined]
+    start = (T0 // epoch) * epoch + 100  # early in an epoch: nothing of the next one yet
+    for i in range(3):
+        run(a, client_keys(), HOOK_EGRESS, udp(), start + i)
+    e = start // epoch
+    assert a.requests() == []  # type: ignore[attr-defined]
+    for i in range(4):  # past half of the PRSEQ: the next rotation's key is asked for
+        assert a.process(HOOK_EGRESS, udp(), start + 10 + i)[0] == OUTCOMES.index("inserted")  # type: ignore[attr-defined]
+    reqs = a.requests()  # type: ignore[attr-defined]
+    assert [(k, kri) for k, _, kri, _ in reqs] == [(REQ_KEY, (e << 16) + 1)]
+    late = (e + 1) * epoch - 100_000_000  # 0.1 s before the next epoch
+    assert a.process(HOOK_EGRESS, udp(), late)[0] == OUTCOMES.index("inserted")  # type: ignore[attr-defined]
+    kinds = {(k, kri) for k, _, kri, _ in a.requests()}  # type: ignore[attr-defined]
+    assert (REQ_KEY, (e + 1) << 16) in kinds and (REQ_RESERVE, ((e + 1) << 16) | 15) in kinds
