@@ -17,6 +17,13 @@ DEFAULT_CONFIG = Path("/etc/pdmv2")
 DEFAULT_RUN = Path("/run/pdmv2")
 
 
+def _default_datapath() -> str:
+    """native when the C extension is built, else python."""
+    from ..native import AVAILABLE
+
+    return "native" if AVAILABLE else "python"
+
+
 def _run_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run", type=Path, default=DEFAULT_RUN, help=f"the agent's run directory (default {DEFAULT_RUN})"
@@ -69,10 +76,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     a.add_argument(
         "--datapath",
         choices=("python", "native"),
-        default=os.environ.get("PDMV2_DATAPATH") or "python",
-        help="per-packet path: python (the reference engine, default) or native (C: NFQUEUE, option and AEAD "
-        "compiled); default from $PDMV2_DATAPATH when set. native falls back to python, with a log "
-        "line, when the extension is not built",
+        default=os.environ.get("PDMV2_DATAPATH") or _default_datapath(),
+        help="per-packet path: native (C: NFQUEUE, option and AEAD compiled; the default when it is built) or "
+        "python (the reference engine; the default otherwise); $PDMV2_DATAPATH sets the default. native falls "
+        "back to python, with a log line, when the extension is not built",
     )
     a.add_argument("--check", action="store_true", help="validate policy and keys, print a summary, exit")
     a.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
