@@ -176,3 +176,9 @@ def test_a_forged_flood_from_one_prefix_leaves_a_legitimate_flow_measured(topo: 
     assert c.get("ingress_rate_limited", 0) > 0, c  # what did was mostly turned away before any derivation
     assert c.get("ingress_read", 0) - read0 >= 90, c  # the genuine echo requests were measured
     assert topo.agents["b"].poll() is None
+
+
+def test_the_agent_runs_on_the_c_allocator_so_a_flood_s_memory_goes_back(topo: AgentTopo) -> None:
+    agent = topo.start_agent("b")  # re-executed itself: the same pid answers
+    environ = Path(f"/proc/{agent.pid}/environ").read_bytes().split(b"\0")
+    assert b"PYTHONMALLOC=malloc" in environ and b"MALLOC_ARENA_MAX=1" in environ
