@@ -258,9 +258,15 @@ def plot_delays(records_text: str, path: Path) -> Path:
             continue
         t0 = t0 or r["t"]
         flow = FiveTuple.from_text(r["src"], r["sport"], r["dst"], r["dport"], r["proto"])
-        rec = PacketRecord(flow, r["psntp"], r["psnlr"], int(r["delta_tlr_ns"] * 1e9), int(r["delta_tls_ns"] * 1e9))
+        rec = PacketRecord(
+            flow=flow,
+            psntp=r["psntp"],
+            psnlr=r["psnlr"],
+            delta_tlr_as=int(r["delta_tlr_ns"] * 1e9),
+            delta_tls_as=int(r["delta_tls_ns"] * 1e9),
+        )
         for m in tracker.feed(rec):
-            if m.metric in series:
+            if m.metric in series and not m.ambiguous:
                 series[m.metric].append((r["t"] - t0, m.value_ns / 1e6))
     fig, ax = plt.subplots(figsize=(8, 4))
     for metric, pts in series.items():

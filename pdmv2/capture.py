@@ -335,6 +335,8 @@ def decode_capture(path: Path, keys_dir: Path | None, *, epoch_ns: int = DEFAULT
             delta_tls_as=got.delta_tls_as,
         )
         for m in tracker.feed(record):
+            if m.ambiguous:
+                continue  # pipelined requests: left out of the summary (docs/agent.md)
             values.setdefault(m.flow, {}).setdefault(m.metric.value, []).append(m.value_ns)
     metrics = []
     for flow, by in values.items():

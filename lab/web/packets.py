@@ -147,7 +147,7 @@ class LiveDecoder:
             delta_tls_as=got.delta_tls_as,
         )
         for m in self._tracker.feed(rec):
-            if m.metric is Metric.CLIENT_DELAY:
+            if m.metric is Metric.CLIENT_DELAY or m.ambiguous:
                 continue
             series = self._flows.get(m.flow)
             if series is None:

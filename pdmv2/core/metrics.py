@@ -63,16 +63,22 @@ class Measurement:
     """Value in nanoseconds."""
     psntp: int
     """PSNTP of the packet that completed the measurement."""
+    ambiguous: bool = False
+    """The responder had more than one packet of the other side unanswered (pipelined or
+    overlapping requests), so the DELTATLR behind this value is not the time it took to answer
+    one request: left out of summaries (docs/agent.md, What PDM measures)."""
 
 
 class _FlowMemo:
-    __slots__ = ("by_psntp", "client", "echoed", "last_ns")
+    __slots__ = ("by_psntp", "client", "echoed", "last_ns", "unanswered")
 
     def __init__(self, client: FiveTuple) -> None:
         self.client = client  # oriented client -> server
-        self.by_psntp: OrderedDict[tuple[bool, int], PacketRecord] = OrderedDict()
+        # (from client, PSNTP) -> the packet, and whether its DELTATLR is ambiguous
+        self.by_psntp: OrderedDict[tuple[bool, int], tuple[PacketRecord, bool]] = OrderedDict()
         self.echoed: set[tuple[bool, int]] = set()
         self.last_ns = 0
+        self.unanswered = {True: 0, False: 0}  # per side (from client?): the other's packets not yet answered
 
 
 class MetricsTracker:
@@ -116,21 +122,42 @@ class MetricsTracker:
             self._flows.move_to_end(key)
         memo.last_ns = rec.t_ns
         from_client = rec.flow == memo.client
+        # Packets of the other side this side has not answered yet: with more than one (pipelined
+        # or overlapping requests, TCP's delayed ACKs), its DELTATLR runs from the newest of them,
+        # not from the one it answers.  Each packet answers one; each packet of the other side
+        # waits for one.  (Alternating exchanges stay at one; a steady pipeline stays above.)
+        waiting = memo.unanswered[from_client]
+        ambiguous = waiting > 1
+        memo.unanswered[from_client] = waiting - 1 if waiting else 0
+        memo.unanswered[not from_client] = min(memo.unanswered[not from_client] + 1, self._window)
         out: list[Measurement] = []
         # Q: the other side's packet that this one echoes.
-        q = memo.by_psntp.get((not from_client, rec.psnlr))
-        if q is not None and (not from_client, rec.psnlr) not in memo.echoed:
+        found = memo.by_psntp.get((not from_client, rec.psnlr))
+        if found is not None and (not from_client, rec.psnlr) not in memo.echoed:
+            q, q_ambiguous = found
             memo.echoed.add((not from_client, rec.psnlr))
             if len(memo.echoed) > 4 * self._window:
                 memo.echoed.clear()
             delay = Metric.CLIENT_DELAY if from_client else Metric.SERVER_DELAY
-            out.append(Measurement(flow=memo.client, metric=delay, value_ns=rec.delta_tlr_as / 1e9, psntp=rec.psntp))
+            out.append(
+                Measurement(
+                    flow=memo.client,
+                    metric=delay,
+                    value_ns=rec.delta_tlr_as / 1e9,
+                    psntp=rec.psntp,
+                    ambiguous=ambiguous,
+                )
+            )
             # Q itself echoed P (sent by this side): DELTATLS of rec spans P..Q at this side.
             if (from_client, q.psnlr) in memo.by_psntp and rec.delta_tls_as:
                 rtt = (rec.delta_tls_as - q.delta_tlr_as) / 1e9
                 if rtt >= 0:  # negative when packets did not alternate (DELTATLS spans another exchange)
-                    out.append(Measurement(flow=memo.client, metric=Metric.RTT, value_ns=rtt, psntp=rec.psntp))
-        memo.by_psntp[(from_client, rec.psntp)] = rec
+                    out.append(
+                        Measurement(
+                            flow=memo.client, metric=Metric.RTT, value_ns=rtt, psntp=rec.psntp, ambiguous=q_ambiguous
+                        )
+                    )
+        memo.by_psntp[(from_client, rec.psntp)] = (rec, ambiguous)
         while len(memo.by_psntp) > self._window:
             memo.by_psntp.popitem(last=False)
         return out

@@ -228,6 +228,9 @@ class PacketProcessor:
     def _record(self, rec: PacketRecord) -> list[Measurement]:
         found = self.metrics.feed(rec)
         for m in found:
+            if m.ambiguous:  # pipelined requests: not a server (or client) delay of one request
+                self.counters["metrics_ambiguous"] += 1
+                continue
             stats = self.flow_stats.get(m.flow)
             if stats is None:
                 while len(self.flow_stats) >= _MAX_FLOW_STATS:

@@ -58,3 +58,46 @@ def test_summary() -> None:
 def test_summary_small(n: int) -> None:
     s = summarize([float(i) for i in range(n)])
     assert s is not None and s.min <= s.p50 <= s.p95 <= s.max
+
+
+def test_pipelined_requests_give_ambiguous_server_delays_left_out_of_the_stats() -> None:
+    # A 5 ms server at 500 requests/s on one flow: each reply leaves while two more requests have
+    # arrived, so its DELTATLR runs from the newest request (1 ms), not from the one it answers.
+    from pdmv2.core.packetproc import PacketProcessor
+    from pdmv2.core.policy import parse_policy
+
+    client, server = PdmEngine(rng=random.Random(1)), PdmEngine(rng=random.Random(2))
+    proc = PacketProcessor(PdmEngine(rng=random.Random(3)), parse_policy("rules: []\n"))
+    found = []
+    events: list[tuple[int, str, int]] = []
+    for k in range(200):
+        events.append((k * 2 * MS, "request", k))  # sent every 2 ms, arrives 0.1 ms later
+        events.append((k * 2 * MS + 100_000 + 5 * MS, "reply", k))  # answered 5 ms after arrival
+    for t, kind, _ in sorted(events):
+        if kind == "request":
+            p = client.outgoing(FLOW, Mode.PDMV2_CLEAR, t)
+            rec = record(server.incoming(FLOW, p.option, t + 100_000))
+        else:
+            q = server.outgoing(FLOW.reversed(), Mode.PDMV2_CLEAR, t)
+            rec = record(client.incoming(FLOW.reversed(), q.option, t + 100_000))
+        found += proc._record(rec)
+    delays = [m for m in found if m.metric is Metric.SERVER_DELAY]
+    assert delays and all(m.ambiguous for m in delays[1:])  # every reply after the first overlaps
+    assert all(m.value_ns < 2 * MS for m in delays[1:])  # what they would have said: not 5 ms
+    summary = proc.flow_stats[FLOW].summary() if FLOW in proc.flow_stats else {}
+    server_delay = summary.get("server_delay")
+    assert server_delay is None or server_delay.count <= 1  # none of the ambiguous ones counted
+    assert proc.counters["metrics_ambiguous"] >= len(delays) - 1
+
+
+def test_one_request_at_a_time_is_never_ambiguous() -> None:
+    client, server = PdmEngine(rng=random.Random(1)), PdmEngine(rng=random.Random(2))
+    observer = MetricsTracker()
+    found = []
+    for k in range(50):
+        t = k * 10 * MS
+        p = client.outgoing(FLOW, Mode.PDMV2_CLEAR, t)
+        found += observer.feed(record(server.incoming(FLOW, p.option, t + MS)))
+        q = server.outgoing(FLOW.reversed(), Mode.PDMV2_CLEAR, t + 6 * MS)
+        found += observer.feed(record(client.incoming(FLOW.reversed(), q.option, t + 7 * MS)))
+    assert found and not any(m.ambiguous for m in found)
