@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 from lab import state as labstate
 from lab.topology import Topology, check_root_routes, parse_topology, scaled
+from pdmv2.core.prseq import PRSEQ_PERIOD
 
 __all__ = [
     "ControlError",
@@ -170,7 +171,7 @@ def up(
     topology: str = "enterprise",
     *,
     secondaries: int | None = None,
-    rotate: int = 32767,
+    rotate: int = PRSEQ_PERIOD,
     timeout: float | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:

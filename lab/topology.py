@@ -54,7 +54,6 @@ __all__ = [
     "scaled",
 ]
 
-SCHEMA = 2
 SCHEMA_FILE = Path(__file__).with_name("topology.schema.json")
 KINDS = ("host", "router", "bridge")
 ROLES = ("pc", "ps", "sc", "ss", "observer")
