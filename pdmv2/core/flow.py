@@ -53,6 +53,7 @@ __all__ = [
     "AddrType",
     "address_type",
     "StaleKeyError",
+    "PdmFields",
     "Sent",
     "Received",
     "FlowState",
@@ -123,58 +124,43 @@ class StaleKeyError(CryptoError):
     """A packet sealed with a key this receiver no longer accepts (old, or from before a loss of state)."""
 
 
-@dataclass(slots=True)
-class Sent:
-    """What the engine put into one outgoing packet."""
+@dataclass(slots=True, kw_only=True)
+class PdmFields:
+    """What one option carried, as the engine wrote or read it (base of Sent and Received)."""
 
     flow: FiveTuple
-    """5-tuple of the packet (src = this host)."""
+    """5-tuple of the packet (src = its sender)."""
     mode: Mode
     """Format of the option."""
-    option: bytes
-    """The whole option, ready for a Destination Options header."""
     psntp: int
-    """PSNTP of this packet."""
+    """PSNTP of the packet."""
     psnlr: int
-    """PSNLR carried."""
+    """PSNLR carried (the PSNTP its sender last received)."""
     delta_tlr_as: int
-    """DELTATLR as encoded (attoseconds after truncation)."""
+    """DELTATLR in attoseconds (as encoded: after truncation)."""
     delta_tls_as: int
-    """DELTATLS as encoded (attoseconds after truncation)."""
+    """DELTATLS in attoseconds (as encoded: after truncation)."""
     global_pointer: int | None = None
     """Global Pointer carried (None for RFC 8250 PDM)."""
     kri: int | None = None
-    """Own Kri used (None for RFC 8250 PDM)."""
+    """Sender's Kri: used to seal (Sent) or that opened it (Received); None unless encrypted."""
     random_number: int | None = None
     """Random Number carried (None for RFC 8250 PDM)."""
     f: int | None = None
     """F bit carried (None for RFC 8250 PDM)."""
 
 
-@dataclass(slots=True)
-class Received:
-    """What the engine read from one incoming packet."""
+@dataclass(slots=True, kw_only=True)
+class Sent(PdmFields):
+    """What the engine put into one outgoing packet (src = this host)."""
 
-    flow: FiveTuple
-    """5-tuple of the packet (src = the peer)."""
-    mode: Mode
-    """Format the option came in."""
-    psntp: int
-    """Peer's PSNTP."""
-    psnlr: int
-    """Peer's PSNLR (our PSNTP it last received)."""
-    delta_tlr_as: int
-    """Peer's DELTATLR in attoseconds."""
-    delta_tls_as: int
-    """Peer's DELTATLS in attoseconds."""
-    global_pointer: int | None = None
-    """Peer's Global Pointer (None for RFC 8250 PDM)."""
-    kri: int | None = None
-    """Peer's Kri that opened the option (None unless encrypted)."""
-    random_number: int | None = None
-    """Random Number carried (None for RFC 8250 PDM)."""
-    f: int | None = None
-    """F bit carried (None for RFC 8250 PDM)."""
+    option: bytes
+    """The whole option, ready for a Destination Options header."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Received(PdmFields):
+    """What the engine read from one incoming packet (src = the peer)."""
 
 
 class FlowState:

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from .doh import parse_packet, reserve_option
 from .errors import CryptoError, DecodeError, EncodeError, InsertError, KeyWaitError, ReplayError, UnknownKeyError
-from .flow import Mode, PdmEngine, Received, Sent, StaleKeyError
+from .flow import Mode, PdmEngine, PdmFields, Received, Sent, StaleKeyError
 from .keys import FiveTuple
 from .metrics import Measurement, Metric, MetricsTracker, PacketRecord, Summary, summarize
 from .option import OPTION_TYPE_PDM, OptionLength
@@ -213,7 +213,7 @@ class PacketProcessor:
         self._count(direction, verdict.outcome)
         return verdict
 
-    def _record_pdm(self, pdm: Sent | Received, now_ns: int) -> list[Measurement]:
+    def _record_pdm(self, pdm: PdmFields, now_ns: int) -> list[Measurement]:
         return self._record(
             PacketRecord(
                 flow=pdm.flow,
