@@ -35,23 +35,9 @@ def spawn(host: str, *argv: str) -> subprocess.Popen[bytes]:
     return control.host(host).popen(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_observer_capture(pcap: Path) -> subprocess.Popen[bytes]:
+def start_observer_capture(pcap: Path) -> subprocess.Popen[str]:
     """tcpdump on the observer's WAN interface into ``pcap``; returns once it is listening."""
-    cap = control.host("obs").popen(
-        "tcpdump",
-        "-i",
-        "eth0",
-        "-U",
-        "-n",
-        "--immediate-mode",
-        "-w",
-        str(pcap),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert cap.stderr is not None
-    cap.stderr.readline()
-    return cap
+    return control.host("obs").capture(pcap)
 
 
 def show_observer_capture(pcap: Path) -> None:

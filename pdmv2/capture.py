@@ -327,14 +327,7 @@ def decode_capture(path: Path, keys_dir: Path | None, *, epoch_ns: int = DEFAULT
         got = seen.got
         if got is None:
             continue
-        record = PacketRecord(
-            flow=got.flow,
-            psntp=got.psntp,
-            psnlr=got.psnlr,
-            delta_tlr_as=got.delta_tlr_as,
-            delta_tls_as=got.delta_tls_as,
-        )
-        for m in tracker.feed(record):
+        for m in tracker.feed(PacketRecord.of(got)):
             if m.ambiguous:
                 continue  # pipelined requests: left out of the summary (docs/agent.md)
             values.setdefault(m.flow, {}).setdefault(m.metric.value, []).append(m.value_ns)

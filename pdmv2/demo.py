@@ -116,28 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         last_wire = wire
         info = parse_packet(wire)
         got = ss.incoming(info.flow, info.pdm_option or b"", t + 1 * MS)
-        tracker.feed(
-            PacketRecord(
-                flow=got.flow,
-                psntp=got.psntp,
-                psnlr=got.psnlr,
-                delta_tlr_as=got.delta_tlr_as,
-                delta_tls_as=got.delta_tls_as,
-            )
-        )
+        tracker.feed(PacketRecord.of(got))
         reply = ss.outgoing(flow.reversed(), Mode.PDMV2_ENCRYPTED, t + 6 * MS)
         wire2 = insert_option(udp_packet(SS, SC, 5001, 40000, b"reply %d" % i), reply.option)
         info2 = parse_packet(wire2)
         back = sc.incoming(info2.flow, info2.pdm_option or b"", t + 7 * MS)
-        found = tracker.feed(
-            PacketRecord(
-                flow=back.flow,
-                psntp=back.psntp,
-                psnlr=back.psnlr,
-                delta_tlr_as=back.delta_tlr_as,
-                delta_tls_as=back.delta_tls_as,
-            )
-        )
+        found = tracker.feed(PacketRecord.of(back))
         print(
             f"    #{i}: SC PSNTP {sent.psntp} GP {sent.global_pointer} -> SS read PSNTP {got.psntp}; "
             f"SS PSNTP {reply.psntp} PSNLR {reply.psnlr}; "

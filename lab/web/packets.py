@@ -139,14 +139,7 @@ class LiveDecoder:
             delta_tlr_ns=got.delta_tlr_as / 1e9,
             delta_tls_ns=got.delta_tls_as / 1e9,
         )
-        rec = PacketRecord(
-            flow=got.flow,
-            psntp=got.psntp,
-            psnlr=got.psnlr,
-            delta_tlr_as=got.delta_tlr_as,
-            delta_tls_as=got.delta_tls_as,
-        )
-        for m in self._tracker.feed(rec):
+        for m in self._tracker.feed(PacketRecord.of(got)):
             if m.metric is Metric.CLIENT_DELAY or m.ambiguous:
                 continue
             series = self._flows.get(m.flow)

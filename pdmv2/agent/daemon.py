@@ -109,6 +109,9 @@ def wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
+_GUARD_READ_EVERY_S = 2.0
+
+
 def _give_back_memory() -> None:
     """Collect, then ask glibc to return free heap to the system (a no-op elsewhere)."""
     gc.collect()
@@ -228,6 +231,8 @@ class Agent:
         self._wake = threading.Event()
         self.busy_ns = 0
         self.handled = 0
+        self._guarded_count = 0
+        self._guarded_at = -_GUARD_READ_EVERY_S
         self._recent: deque[int] = deque(maxlen=4096)
         # --datapath native: the C packet path, this object keeps the control plane (native_loop.py).
         self.native = native_loop.attach(self, datapath)
@@ -388,8 +393,17 @@ class Agent:
         return out
 
     def _guarded(self) -> int:
-        """Packets the kernel let pass unqueued because their /64 sent more than its share."""
-        return rules.guarded_packets() if self.install_rules and self.policy.queue_per_prefix_pps else 0
+        """Packets the kernel let pass unqueued because their /64 sent more than its share.
+
+        Read from the rule's counter (an ip6tables process) at most every 2 s: stats are
+        polled every second by the web view, and a process per poll is not worth it.
+        """
+        if not (self.install_rules and self.policy.queue_per_prefix_pps):
+            return 0
+        now = time.monotonic()
+        if now - self._guarded_at >= _GUARD_READ_EVERY_S:
+            self._guarded_count, self._guarded_at = rules.guarded_packets(), now
+        return self._guarded_count
 
     def _serve_control(self, server: socket.socket) -> None:
         conn, _ = server.accept()

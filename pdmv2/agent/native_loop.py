@@ -298,14 +298,7 @@ def record_to_packet_record(rec: NativeRecord) -> PacketRecord | None:
     """What the metrics tracker takes, for the records that carry fields (inserted, read)."""
     if rec.outcome not in ("inserted", "read"):
         return None
-    return PacketRecord(
-        flow=rec.flow,
-        psntp=rec.psntp,
-        psnlr=rec.psnlr,
-        delta_tlr_as=rec.delta_tlr_as,
-        delta_tls_as=rec.delta_tls_as,
-        t_ns=rec.t_ns,
-    )
+    return PacketRecord.of(rec, rec.t_ns)
 
 
 def json_line(rec: NativeRecord, wall_offset_ns: int) -> str:

@@ -19,6 +19,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from .keys import FiveTuple
 
@@ -31,6 +32,21 @@ class Metric(StrEnum):
     SERVER_DELAY = "server_delay"
     CLIENT_DELAY = "client_delay"
     RTT = "rtt"
+
+
+class OptionTimes(Protocol):
+    """What the metrics need of an option: its flow, sequence numbers and deltas."""
+
+    @property
+    def flow(self) -> FiveTuple: ...
+    @property
+    def psntp(self) -> int: ...
+    @property
+    def psnlr(self) -> int: ...
+    @property
+    def delta_tlr_as(self) -> int: ...
+    @property
+    def delta_tls_as(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +65,18 @@ class PacketRecord:
     """DELTATLS, attoseconds."""
     t_ns: int = 0
     """When it was seen (any clock; used only to forget idle flows)."""
+
+    @classmethod
+    def of(cls, pdm: OptionTimes, t_ns: int = 0) -> PacketRecord:
+        """The record of an option as the engine wrote or read it (Sent, Received, a native record)."""
+        return cls(
+            flow=pdm.flow,
+            psntp=pdm.psntp,
+            psnlr=pdm.psnlr,
+            delta_tlr_as=pdm.delta_tlr_as,
+            delta_tls_as=pdm.delta_tls_as,
+            t_ns=t_ns,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from .doh import parse_packet, reserve_option
 from .errors import CryptoError, DecodeError, EncodeError, InsertError, KeyWaitError, ReplayError, UnknownKeyError
-from .flow import Mode, PdmEngine, PdmFields, Received, Sent, StaleKeyError
+from .flow import Mode, PdmEngine, Received, Sent, StaleKeyError
 from .keys import FiveTuple
 from .metrics import Measurement, Metric, MetricsTracker, PacketRecord, Summary, summarize
 from .option import OPTION_TYPE_PDM, OptionLength
@@ -163,7 +163,7 @@ class PacketProcessor:
         if new_flow:
             self.limiter.charge(info.flow.dst, now_ns)
         new[offset : offset + len(sent.option)] = sent.option
-        self._record_pdm(sent, now_ns)
+        self._record(PacketRecord.of(sent, now_ns))
         return self._v("egress", Verdict(Outcome.INSERTED, bytes(new), sent=sent))
 
     def ingress(self, packet: bytes, now_ns: int) -> Verdict:
@@ -201,7 +201,7 @@ class PacketProcessor:
             return self._v("ingress", Verdict(outcome, drop=drop, detail=str(exc)))
         if costly:
             self.limiter.charge(peer, now_ns)
-        self._record_pdm(got, now_ns)
+        self._record(PacketRecord.of(got, now_ns))
         return self._v("ingress", Verdict(Outcome.READ, received=got))
 
     def _costly(self, wire: FiveTuple) -> bool:
@@ -212,18 +212,6 @@ class PacketProcessor:
     def _v(self, direction: str, verdict: Verdict) -> Verdict:
         self._count(direction, verdict.outcome)
         return verdict
-
-    def _record_pdm(self, pdm: PdmFields, now_ns: int) -> list[Measurement]:
-        return self._record(
-            PacketRecord(
-                flow=pdm.flow,
-                psntp=pdm.psntp,
-                psnlr=pdm.psnlr,
-                delta_tlr_as=pdm.delta_tlr_as,
-                delta_tls_as=pdm.delta_tls_as,
-                t_ns=now_ns,
-            )
-        )
 
     def _record(self, rec: PacketRecord) -> list[Measurement]:
         found = self.metrics.feed(rec)

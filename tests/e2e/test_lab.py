@@ -66,21 +66,7 @@ def up() -> Iterator[dict]:
 
 
 def capture(host: str, path: Path) -> subprocess.Popen[str]:
-    proc = control.host(host).popen(
-        "tcpdump",
-        "-i",
-        "eth0",
-        "-U",
-        "-n",
-        "--immediate-mode",
-        "-w",
-        str(path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None and "listening" in proc.stderr.readline()
-    return proc
+    return control.host(host).capture(path)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

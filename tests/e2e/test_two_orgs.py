@@ -69,21 +69,8 @@ def keys_of(host: str, tmp: Path) -> Path:
 def wan_capture(tmp: Path, *pings: tuple[str, str]) -> Path:
     """The observer's capture of the WAN while each (host, destination) pings 4 times."""
     pcap = tmp / "wan.pcap"
-    cap = control.host("obs").popen(
-        "tcpdump",
-        "-i",
-        "eth0",
-        "-U",
-        "-n",
-        "--immediate-mode",
-        "-w",
-        str(pcap),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cap = control.host("obs").capture(pcap)
     try:
-        assert cap.stderr is not None and "listening" in cap.stderr.readline()
         for host, dst in pings:
             assert control.host(host).run("ping", "-6", "-c", "4", "-i", "0.2", dst).returncode == 0, (host, dst)
         time.sleep(0.3)

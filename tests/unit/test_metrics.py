@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from pdmv2 import FiveTuple, Mode, PdmEngine
+from pdmv2 import FiveTuple, Mode, PdmEngine, Received, Sent
 from pdmv2.core.metrics import Metric, MetricsTracker, PacketRecord, summarize
 
 MS = 1_000_000
 FLOW = FiveTuple.from_text("2001:db8:1::10", 40000, "2001:db8:2::20", 80, 17)
 
 
-def record(x: object) -> PacketRecord:
-    return PacketRecord(x.flow, x.psntp, x.psnlr, x.delta_tlr_as, x.delta_tls_as)  # type: ignore[attr-defined]
+def record(x: Sent | Received) -> PacketRecord:
+    return PacketRecord.of(x)
 
 
 def test_server_delay_rtt_and_client_delay() -> None:
