@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lab import state as labstate
+from lab import tcpdump
 from lab.topology import Topology, check_root_routes, parse_topology, scaled
 from pdmv2.core.prseq import PRSEQ_PERIOD
 
@@ -90,19 +91,12 @@ class LabHost:
         """Start a command in the host (subprocess.Popen keywords pass through)."""
         return subprocess.Popen(self.argv(*argv), **kw)
 
-    def capture(self, path: Path, dev: str = "eth0") -> subprocess.Popen[str]:
-        """tcpdump on ``dev`` into ``path``; returns once it is listening (terminate() to stop)."""
-        proc = self.popen(
-            "tcpdump", "-i", dev, "-U", "-n", "--immediate-mode", "-w", str(path),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        if "listening" not in line:
-            proc.kill()
-            proc.wait(10)
-            raise ControlError(f"{self.name}: tcpdump on {dev} did not start: {line.strip()}")
-        return proc
+    def capture(self, path: Path, dev: str = "eth0", snaplen: int | None = None) -> tcpdump.Capture:
+        """tcpdump on ``dev`` into ``path``; returns once it is listening (``stop()`` ends it)."""
+        try:
+            return tcpdump.start(self.popen, self.name, dev, path, snaplen)
+        except tcpdump.CaptureError as exc:
+            raise ControlError(str(exc)) from None
 
     def write(self, path: str, text: str, mode: str = "0600") -> None:
         """Write a file in the host's private directories (made with umask 077, then chmod ``mode``)."""

@@ -14,8 +14,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from lab import control
+from lab import control, tcpdump
 from pdmv2.capture import write_decrypted
 
 PDMV2 = control.PDMV2
@@ -35,7 +36,7 @@ def spawn(host: str, *argv: str) -> subprocess.Popen[bytes]:
     return control.host(host).popen(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_observer_capture(pcap: Path) -> subprocess.Popen[str]:
+def start_observer_capture(pcap: Path) -> tcpdump.Capture:
     """tcpdump on the observer's WAN interface into ``pcap``; returns once it is listening."""
     return control.host("obs").capture(pcap)
 
@@ -93,7 +94,7 @@ def run(*, keep: bool = False) -> int:
         st = control.up("enterprise")
         for line in control.status_table(st):
             print(line)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[Any]] = []
     try:
         say(
             2,
@@ -118,7 +119,7 @@ def run(*, keep: bool = False) -> int:
         )
         pcap = OUT / "observer.pcap"
         cap = start_observer_capture(pcap)
-        procs.append(cap)
+        procs.append(cap.proc)
         procs.append(spawn("ss1", PY, "-m", "lab.httpd", "8080", "5"))
         time.sleep(0.5)
         print(
@@ -137,9 +138,9 @@ def run(*, keep: bool = False) -> int:
         time.sleep(0.5)
         udp = host_run("sc1", PY, "-m", "lab.servers", "udp-client", "2001:db8:2::21", "5353", "40", "20").stdout
         print(f"    UDP request/response to a server that answers 5 ms after each request: {udp.strip()} of 40")
-        time.sleep(0.3)
-        cap.terminate()
-        cap.wait(10)
+        dropped = cap.stop(settle_s=0.3)
+        if dropped:
+            print(f"    (the observer's capture missed {dropped} packets: tcpdump could not keep up)")
         say(
             5,
             "What the observer on the WAN sees",

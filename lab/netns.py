@@ -120,6 +120,10 @@ class Testbed:
         self._procs.append(proc)
         return proc
 
+    def adopt(self, proc: subprocess.Popen[Any]) -> None:
+        """Kill ``proc`` on close too (started in one of our hosts another way)."""
+        self._procs.append(proc)
+
     def close(self) -> None:
         """Kill our processes, delete our namespaces (their veths go with them)."""
         for proc in self._procs:

@@ -246,10 +246,11 @@ def _walk(path: Path, keys_dir: Path | None, epoch_ns: int = DEFAULT_EPOCH_NS) -
             yield seen
             continue
         seen.packet = pkt
+        cut = len(frame.data) < frame.wirelen  # snaplen: the headers may still all be there
         try:
-            info = parse_packet(pkt)
+            info = parse_packet(pkt, wire_len=frame.wirelen - (len(frame.data) - len(pkt)) if cut else None)
         except DecodeError:
-            yield seen  # a truncated capture (snaplen) or not IPv6: not ours to judge
+            yield seen  # cut before the end of the headers, or not IPv6: not ours to judge
             continue
         if info.pdm_option is None:
             yield seen
@@ -401,15 +402,18 @@ def _clear_option(item: DecodedOption) -> bytes:
     return encode_option(Pdmv2ClearOption(random_number=item.random_number, f=item.f, fields=fields))
 
 
-def _replace_option(packet: bytes, info: PacketInfo, option: bytes) -> bytes:
+def _replace_option(packet: bytes, info: PacketInfo, option: bytes, *, cut: bool = False) -> bytes:
     """The IPv6 packet with its PDM option replaced by ``option`` (shorter); lengths stay valid.
 
     The option is taken out and put back the way the agent inserts one, so the header is the one
     a clear sender would have built.  Where an option cannot be inserted (a Routing header before
-    the upper layer), it is overwritten in place and the octets it frees become padding.
+    the upper layer) or the capture ``cut`` the packet short (snaplen), it is overwritten in place
+    and the octets it frees become padding.
     """
-    stripped, _ = remove_option(packet, info)
     try:
+        if cut:
+            raise InsertError("cut", "captured without its end")
+        stripped, _ = remove_option(packet, info)
         return insert_option(stripped, option)
     except InsertError:
         assert info.pdm_offset is not None and info.pdm_option is not None
@@ -429,7 +433,8 @@ def _copy_of(seen: _Seen) -> tuple[bytes, int, list[bytes], str | None]:
     original = info.pdm_option
     if item.status == "opened":
         option = _clear_option(item)
-        data = frame.data[: len(frame.data) - len(packet)] + _replace_option(packet, info, option)
+        cut = len(frame.data) < frame.wirelen
+        data = frame.data[: len(frame.data) - len(packet)] + _replace_option(packet, info, option, cut=cut)
         comments.append(
             f"PDMv2 decrypted by pdmv2 decode --write: the option was sent encrypted (Option Length "
             f"0x{original[1]:02x}, {len(original)} octets) and authenticated (AEAD tag verified, Kri "

@@ -196,19 +196,24 @@ def kernel_discards(data: bytes | memoryview, length: int) -> str | None:
     return None
 
 
-def parse_packet(packet: bytes) -> PacketInfo:
-    """Walk the Next Header chain of a raw IPv6 packet; DecodeError on anything malformed."""
+def parse_packet(packet: bytes, *, wire_len: int | None = None) -> PacketInfo:
+    """Walk the Next Header chain of a raw IPv6 packet; DecodeError on anything malformed.
+
+    ``wire_len``: the packet's length on the wire when ``packet`` is a capture cut short by its
+    snapshot length; Payload Length is checked against it, and the headers must still be all there.
+    """
     n = len(packet)
     if n < IPV6_HEADER_LEN:
         raise DecodeError("ipv6_header", n, f"packet of {n} octets is shorter than an IPv6 header")
     if packet[0] >> 4 != 6:
         raise DecodeError("version", 0, f"IP version {packet[0] >> 4}, not 6")
     payload_len = (packet[4] << 8) | packet[5]
+    total = wire_len if wire_len is not None and wire_len > n else n
     refuse: str | None = None
-    if payload_len == 0 and n > IPV6_HEADER_LEN:
+    if payload_len == 0 and total > IPV6_HEADER_LEN:
         refuse = "jumbogram"
-    elif IPV6_HEADER_LEN + payload_len != n:
-        raise DecodeError("payload_length", 4, f"says {payload_len}, {n - IPV6_HEADER_LEN} octets follow")
+    elif IPV6_HEADER_LEN + payload_len != total:
+        raise DecodeError("payload_length", 4, f"says {payload_len}, {total - IPV6_HEADER_LEN} octets follow")
     nh = packet[6]
     pos = IPV6_HEADER_LEN
     dest_opts: int | None = None

@@ -9,13 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab import control
+from lab import control, tcpdump
 from lab import state as labstate
 from pdmv2.capture import decode_capture
 from pdmv2.regstore import write_secret_file
@@ -69,14 +68,13 @@ def keys_of(host: str, tmp: Path) -> Path:
 def wan_capture(tmp: Path, *pings: tuple[str, str]) -> Path:
     """The observer's capture of the WAN while each (host, destination) pings 4 times."""
     pcap = tmp / "wan.pcap"
-    cap = control.host("obs").capture(pcap)
+    cap = control.host("obs").capture(pcap, snaplen=tcpdump.HEADERS_SNAPLEN)
     try:
         for host, dst in pings:
             assert control.host(host).run("ping", "-6", "-c", "4", "-i", "0.2", dst).returncode == 0, (host, dst)
-        time.sleep(0.3)
     finally:
-        cap.terminate()
-        cap.wait(10)
+        dropped = cap.stop(settle_s=0.3)
+    assert dropped == 0, "the observer's capture dropped packets"
     return pcap
 
 

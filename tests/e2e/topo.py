@@ -13,9 +13,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from lab import tcpdump
 from lab.netns import Host, Testbed, start_agent, write_agent_config
 from pdmv2.core.prseq import PRSEQ_PERIOD
 
@@ -104,33 +104,19 @@ class AgentTopo:
         )
         return json.loads(out.stdout)
 
-    def capture(self, name: str, dev: str, path: Path) -> subprocess.Popen[str]:
-        """tcpdump on host/dev to path; returns once it is capturing."""
-        proc = self.tb.spawn(
-            self.host(name),
-            "tcpdump",
-            "-i",
-            dev,
-            "-B",
-            "16384",
-            "-U",
-            "-n",
-            "--immediate-mode",
-            "-w",
-            str(path),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        line = proc.stderr.readline()  # "listening on ..." once the capture is open
-        assert "listening" in line, line
-        return proc
+    def capture(
+        self, name: str, dev: str, path: Path, snaplen: int | None = tcpdump.HEADERS_SNAPLEN
+    ) -> tcpdump.Capture:
+        """tcpdump on host/dev to path (headers and option only unless ``snaplen`` is None); returns once capturing."""
+        cap = tcpdump.start(self.host(name).popen, name, dev, path, snaplen)
+        self.tb.adopt(cap.proc)
+        return cap
 
     @staticmethod
-    def stop_capture(proc: subprocess.Popen[str]) -> None:
-        time.sleep(0.2)
-        proc.terminate()
-        proc.wait(10)
+    def stop_capture(cap: tcpdump.Capture) -> None:
+        """End the capture; a capture that dropped packets cannot be the truth for a test."""
+        dropped = cap.stop()
+        assert dropped == 0, f"{cap.where}: tcpdump dropped {dropped} packets (the capture, not the network)"
 
     def close(self) -> None:
         for proc in self.agents.values():

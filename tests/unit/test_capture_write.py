@@ -495,3 +495,38 @@ def test_an_option_before_a_routing_header_is_overwritten_in_place() -> None:
     assert len(new) == len(pkt) and parse_packet(new).pdm_option == clear
     assert new[info.pdm_offset + 20 : info.pdm_offset + 22] == bytes((0x01, 14))  # PadN over the freed 16 octets
     assert IPv6(new)[UDP].chksum == IPv6(pkt)[UDP].chksum and bytes(IPv6(new)[UDP]) == bytes(IPv6(pkt)[UDP])
+
+
+def _cut(src: Path, dst: Path, snaplen: int) -> None:
+    """A copy of ``src`` as tcpdump -s ``snaplen`` would have captured it (original lengths kept)."""
+    from scapy.utils import RawPcapReader, RawPcapWriter
+
+    reader = RawPcapReader(str(src))
+    writer = RawPcapWriter(str(dst), linktype=reader.linktype, snaplen=snaplen)
+    writer.write_header(None)
+    for data, meta in reader:
+        writer.write_packet(
+            data[:snaplen], sec=meta.sec, usec=meta.usec, caplen=min(len(data), snaplen), wirelen=len(data)
+        )
+    writer.close()
+    reader.close()
+
+
+def test_a_capture_cut_by_its_snaplen_decodes_like_the_whole_one(syn: Synthetic, tmp_path: Path) -> None:
+    whole = decode_capture(syn.pcap, syn.client_keys).options
+    snaplen = 14 + 40 + 40 + 8 + 8  # Ethernet, IPv6, the largest Destination Options header here, ports
+    assert any(len(f) + 14 > snaplen for f in syn.frames)  # some frames really are cut
+    cut = tmp_path / "cut.pcap"
+    _cut(syn.pcap, cut, snaplen)
+    assert decode_capture(cut, syn.client_keys).options == whole
+    # the decrypted copy of a cut capture: options overwritten in place, lengths as on the wire
+    out = tmp_path / "cut-decrypted.pcapng"
+    summary = write_decrypted(cut, syn.client_keys, out)
+    assert summary.decrypted == sum(s == "opened" for s in syn.expect.values())
+    after = {o.index: o for o in decode_capture(out, None).options}
+    for o in whole:
+        if o.status == "opened":
+            assert (after[o.index].status, after[o.index].psntp) == ("clear", o.psntp)
+    for (data, meta), original in zip(_read_ng(out), syn.frames, strict=True):
+        if len(original) + 14 > snaplen:  # cut: rewritten in place, the length on the wire kept
+            assert meta.wirelen == len(original) + 14 and len(data) == snaplen
