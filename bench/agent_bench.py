@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_md import write_section
 from lab.netns import Host, Testbed, start_agent, write_agent_config
 from pdmv2.agent.daemon import query
 
@@ -219,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     table = markdown(res)
     args.out.with_suffix(".md").write_text(table)
+    write_section(
+        "agent",
+        "## Data path (issue 9): throughput and added ping RTT (`bench/agent_bench.py`)\n\n"
+        f"UDP: {args.seconds:g} s of 64-octet packets; ping: {args.pings} per rate.\n\n" + table,
+    )
     print(table)
     return 0
 

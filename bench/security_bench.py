@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_md import write_section
 from lab.netns import Host, Testbed, require_root, start_agent, write_agent_config
 from pdmv2.agent.daemon import query
 
@@ -218,17 +219,6 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(results: Path, text: str) -> None:
-    start, end = "<!-- security:start -->", "<!-- security:end -->"
-    old = results.read_text() if results.exists() else ""
-    block = f"{start}\n{text}\n{end}"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    results.write_text(new)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "security.json")
@@ -248,7 +238,7 @@ def main() -> int:
         res["memory"] = memory_scenario(lab, "memory")
     args.json.write_text(json.dumps(res, indent=1))
     text = markdown(res)
-    write_section(args.results, text)
+    write_section("security", text, args.results)
     print(text)
     return 0
 

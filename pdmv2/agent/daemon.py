@@ -31,6 +31,7 @@ from ..core.ratelimit import PrefixLimiter
 from ..keyfiles import KeySet, load_key_set
 from ..regstore import read_text
 from . import native_loop, rules
+from .native_loop import KernelTimestamps
 from .nfq import open_queue
 from .records import DEFAULT_FILES, DEFAULT_MAX_BYTES, RecordWriter
 from .reservation import DurableState
@@ -191,8 +192,14 @@ class Agent:
         records_max_bytes: int = DEFAULT_MAX_BYTES,
         records_files: int = DEFAULT_FILES,
         datapath: str = "python",
+        kernel_timestamps: bool = True,
+        tx_calibration: bool = True,
     ) -> None:
         self.paths = paths
+        self.kernel_timestamps = kernel_timestamps
+        self.tx_calibration = tx_calibration
+        self.timestamps: KernelTimestamps | None = None
+        self.kernel_stamped = 0  # python path: arriving packets that carried the kernel's stamp
         self.queue_num = queue
         self.install_rules = install_rules
         self.records_max_bytes = records_max_bytes
@@ -282,8 +289,7 @@ class Agent:
             except Exception:  # noqa: S110 - already decided; nothing more to do
                 pass
 
-    @staticmethod
-    def _ingress_time(pkt: Any) -> int:
+    def _ingress_time(self, pkt: Any) -> int:
         """Monotonic ns of arrival: the kernel's timestamp when NFQUEUE has one, else now."""
         now_mono = time.monotonic_ns()
         try:
@@ -293,6 +299,7 @@ class Agent:
         if ts:
             age = time.time_ns() - int(ts * 1e9)
             if 0 <= age < 1_000_000_000:
+                self.kernel_stamped += 1
                 return now_mono - age
         return now_mono
 
@@ -376,6 +383,10 @@ class Agent:
             "handling_us_mean": self.busy_ns / self.handled / 1000 if self.handled else None,
             "handling_us_p50": statistics.median(list(self._recent)) / 1000 if self._recent else None,
             "flows_tracked": len(self.engine.flows),
+            "kernel_timestamps": {
+                "held_on": self.timestamps is not None and self.timestamps.on,
+                "stamped_arrivals": self.kernel_stamped,
+            },
             "global_pointer": {
                 "link_local": self.engine.global_pointer(AddrType.LINK_LOCAL),
                 "global": self.engine.global_pointer(AddrType.GLOBAL),
@@ -390,6 +401,7 @@ class Agent:
         if self.native is not None:
             out.update(self.native.stats())
             out["counters"] = {**self.native.counters(), **out["counters"]}
+            out["kernel_timestamps"]["stamped_arrivals"] = self.native.dp.stats()["kernel_timestamps"]
         return out
 
     def _guarded(self) -> int:
@@ -436,10 +448,11 @@ class Agent:
             except PdmError as exc:
                 log.error("reload refused, keeping the running settings: %s", exc)
                 return str(exc)
-            if policy.key_epoch_s != self.policy.key_epoch_s:
-                why = "key_epoch_s cannot change while the agent runs (restart it); nothing was reloaded"
-                log.error("reload refused: %s", why)
-                return why
+            for name in ("key_epoch_s", "global_pointer"):
+                if getattr(policy, name) != getattr(self.policy, name):
+                    why = f"{name} cannot change while the agent runs (restart it); nothing was reloaded"
+                    log.error("reload refused: %s", why)
+                    return why
             if len(self.keyset) and not len(keyset):
                 why = (
                     f"no usable key file in {self.paths.keys} while the agent has {len(self.keyset)}; "
@@ -483,6 +496,8 @@ class Agent:
             self._records = RecordWriter(self.paths.records, max_bytes=self.records_max_bytes, files=self.records_files)
         nfq: Any = None
         try:
+            if self.kernel_timestamps:  # held for the agent's life: every arrival gets the kernel's stamp
+                self.timestamps = KernelTimestamps()
             if self.native is not None:
                 self.native.start(self.queue_num)
             else:
@@ -493,6 +508,7 @@ class Agent:
                     self.queue_num,
                     rules.mss_for(self.policy.mtu, self.policy.max_option_size),
                     self.policy.queue_per_prefix_pps,
+                    all_egress=self.policy.global_pointer == "all-packets",
                 )
             threading.Thread(target=self._control_loop, args=(control,), name="control", daemon=True).start()
             log.info(
@@ -515,6 +531,8 @@ class Agent:
             time.sleep(0.05)  # let the packet thread give its last verdicts
             if self.native is not None:
                 self.native.stop()
+            if self.timestamps is not None:
+                self.timestamps.close()
             with self._lock:
                 if self._records is not None:
                     self._records.close()

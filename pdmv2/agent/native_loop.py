@@ -14,8 +14,8 @@ AEAD, flow state, verdicts in batches).  This module is what stays in Python, of
 - records: fixed-size binary records drained from the C ring into metrics, ``pdmv2 stats`` and
   records.jsonl; when Python falls behind, the ring drops records and counts them;
 - the wall-clock offset (sampled once a second), policy, reload, expiry and stats;
-- kernel receive timestamps: a socket with SO_TIMESTAMPNS is held open for the agent's life, so
-  the kernel stamps every packet on arrival and NFQUEUE hands the stamp over (NFQA_TIMESTAMP).
+- kernel receive timestamps: the agent holds a socket with SO_TIMESTAMPNS open (KernelTimestamps),
+  so the kernel stamps every packet on arrival and NFQUEUE hands the stamp over (NFQA_TIMESTAMP).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from ..native import (
     new_datapath,
     serve_requests,
 )
+from .txcal import TxCalibrator
 
 __all__ = ["NativeLoop", "native_available", "KernelTimestamps"]
 
@@ -110,8 +111,11 @@ class NativeLoop:
         limit: Callable[[bytes, int], bool] | None = None,
         lock: threading.Lock | None = None,
         max_flows: int = 65536,
+        ring: int = 65536,
+        on_gap: Callable[[], None] | None = None,
+        tx_calibration: bool = False,
     ) -> None:
-        self.dp = new_datapath(max_flows=max_flows)
+        self.dp = new_datapath(max_flows=max_flows, ring=ring)
         self.keys = keys
         self.reserve = reserve
         self.record_rx = record_rx
@@ -138,19 +142,24 @@ class NativeLoop:
         self._stop_r, self._stop_w = os.pipe()
         self._threads: list[threading.Thread] = []
         self._running = False
-        self.timestamps: KernelTimestamps | None = None
         self.keys_installed = 0
         self.keys_limited = 0
         self.reservations = 0
+        self.tx_calibration = tx_calibration
+        self.txcal: TxCalibrator | None = None
         self.records_drained = 0
+        self.record_gaps = 0
+        self._sample_epoch = 0
+        self.on_gap = on_gap
         self.errors = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self, queue: int) -> None:
         """Bind the queue (raises OSError naming why) and start the packet and control threads."""
-        self.timestamps = KernelTimestamps()
         self.dp.bind_queue(queue)
+        if self.tx_calibration:
+            self.txcal = TxCalibrator(self._apply_tx, lambda: self.wall_offset_ns)
         self._running = True
         self._threads = [
             threading.Thread(target=self.dp.serve, args=(self._stop_r,), name="native-packets", daemon=True),
@@ -169,8 +178,8 @@ class NativeLoop:
             t.join(timeout=2.0)
         self.drain(1 << 20)
         self.dp.unbind_queue()
-        if self.timestamps is not None:
-            self.timestamps.close()
+        if self.txcal is not None:
+            self.txcal.close()
         for fd in (self._stop_r, self._stop_w, self._notify):
             os.close(fd)
 
@@ -191,11 +200,17 @@ class NativeLoop:
                 self.serve()
                 held = self.dp.release_held(HOLD_NS)
                 self.drain()
+                if self.txcal is not None:
+                    self.txcal.poll()
                 self._refill()
             except Exception as exc:  # the control plane must never die; the packet path goes on
                 self.errors += 1
                 log.error("native control: %s: %s", type(exc).__name__, exc)
                 time.sleep(0.1)
+
+    def _apply_tx(self, warm_ns: int, cold_ns: int) -> None:
+        self.dp.configure(tx_comp_warm_ns=warm_ns, tx_comp_cold_ns=cold_ns)
+        log.info("transmit compensation: %.1f µs warm, %.1f µs cold", warm_ns / 1000, cold_ns / 1000)
 
     def serve(self) -> None:
         """Answer the packet path's key and reservation requests."""
@@ -222,6 +237,13 @@ class NativeLoop:
         n = 0
         with self.lock:
             for rec in iter_records(data):
+                if rec.sample_epoch != self._sample_epoch:  # records were skipped before this one
+                    self._sample_epoch = rec.sample_epoch
+                    self.record_gaps += 1
+                    if self.on_gap is not None:
+                        self.on_gap()
+                if self.txcal is not None:
+                    self.txcal.on_record(rec)
                 self.record_sink(rec)
                 n += 1
         self.records_drained += n
@@ -276,9 +298,11 @@ class NativeLoop:
             "global_pointer": {"link_local": st["gp_link_local"], "global": st["gp_global"]},
             "native": {
                 "verdict_batches": st["batches"],
-                "kernel_timestamps": st["kernel_timestamps"],
-                "kernel_timestamping_on": bool(self.timestamps and self.timestamps.on),
                 "records_dropped_ring": st["records_dropped"],
+                "records_sampled_out": st["records_sampled_out"],
+                "record_sampling_1_in": st["record_stride"],
+                "record_gaps": self.record_gaps,
+                "tx_compensation": self.txcal.stats() if self.txcal is not None else {"on": False},
                 "records_drained": self.records_drained,
                 "held_for_key": st["held"],
                 "held_expired": st["held_expired"],
@@ -359,6 +383,8 @@ def attach(agent: Any, datapath: str) -> NativeLoop | None:
         record_sink=sink,
         limit=limit,
         lock=agent._lock,
+        on_gap=proc.metrics.forget_all,
+        tx_calibration=agent.kernel_timestamps and getattr(agent, "tx_calibration", True),
     )
     log.info("native data path (C): NFQUEUE loop, option and AEAD in pdmv2.native._datapath")
     return loop

@@ -47,19 +47,31 @@ def guard_spec(per_prefix_pps: int) -> list[str]:
     ]
 
 
-def rule_specs(queue: int, mss: int, per_prefix_pps: int = 0) -> list[list[str]]:
-    """The ip6tables argument lists that build our chains (without the leading 'ip6tables')."""
+def rule_specs(queue: int, mss: int, per_prefix_pps: int = 0, *, all_egress: bool = True) -> list[list[str]]:
+    """The ip6tables argument lists that build our chains (without the leading 'ip6tables').
+
+    ``all_egress``: every packet the host sends (but loopback) passes the agent, which lets the
+    ones it does not measure out at once and counts them in the Global Pointer (draft §6.2);
+    otherwise only TCP, UDP and ICMPv6 echo do (policy ``global_pointer: measured-packets``).
+    """
     q = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
     opts = ["-m", "ipv6header", "--header", "ipv6-opts", "--soft"]
     guard = [["-t", "filter", "-A", IN, *opts, *guard_spec(per_prefix_pps)]] if per_prefix_pps else []
+    out = (
+        [["-t", "filter", "-A", OUT, *q]]
+        if all_egress
+        else [
+            ["-t", "filter", "-A", OUT, "-p", "tcp", *q],
+            ["-t", "filter", "-A", OUT, "-p", "udp", *q],
+            # ICMPv6: echo only; neighbour discovery, MLD and errors are not queued.
+            ["-t", "filter", "-A", OUT, "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", *q],
+            ["-t", "filter", "-A", OUT, "-p", "ipv6-icmp", "--icmpv6-type", "echo-reply", *q],
+        ]
+    )
     specs = [
         ["-t", "filter", "-N", OUT],
         ["-t", "filter", "-A", OUT, "-o", "lo", "-j", "RETURN"],
-        ["-t", "filter", "-A", OUT, "-p", "tcp", *q],
-        ["-t", "filter", "-A", OUT, "-p", "udp", *q],
-        # ICMPv6: echo only; neighbour discovery, MLD and errors are never queued.
-        ["-t", "filter", "-A", OUT, "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", *q],
-        ["-t", "filter", "-A", OUT, "-p", "ipv6-icmp", "--icmpv6-type", "echo-reply", *q],
+        *out,
         ["-t", "filter", "-N", IN],
         ["-t", "filter", "-A", IN, "-i", "lo", "-j", "RETURN"],
         *guard,
@@ -117,11 +129,11 @@ def guarded_packets() -> int:
     return 0
 
 
-def install(queue: int, mss: int, per_prefix_pps: int = 0) -> None:
+def install(queue: int, mss: int, per_prefix_pps: int = 0, *, all_egress: bool = True) -> None:
     """Remove leftovers, then build our chains; on failure nothing of ours stays behind."""
     remove()
     try:
-        for spec in rule_specs(queue, mss, per_prefix_pps):
+        for spec in rule_specs(queue, mss, per_prefix_pps, all_egress=all_egress):
             _ip6tables(spec, check=True)
     except ConfigError:
         remove()

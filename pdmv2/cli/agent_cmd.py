@@ -81,6 +81,22 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "python (the reference engine; the default otherwise); $PDMV2_DATAPATH sets the default. native falls "
         "back to python, with a log line, when the extension is not built",
     )
+    a.add_argument(
+        "--kernel-timestamps",
+        choices=("on", "off"),
+        default="on",
+        help="on (the default): hold kernel receive timestamping on for the whole machine, so arrivals are "
+        "timed by the kernel; off: do not ask for it (ingress then uses the agent's clock unless something "
+        "else switched it on; `pdmv2 stats` says which) - for measuring the difference",
+    )
+    a.add_argument(
+        "--tx-calibration",
+        choices=("on", "off"),
+        default="on",
+        help="native path: on (the default) measures the time from the clock read to the device on the "
+        "host's own packets and adds it to egress times (needs kernel timestamps on); off: egress times "
+        "are the clock read before sealing - for measuring the difference",
+    )
     a.add_argument("--check", action="store_true", help="validate policy and keys, print a summary, exit")
     a.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     a.set_defaults(func=_agent)
@@ -184,6 +200,8 @@ def _agent(args: argparse.Namespace) -> int:
         records_max_bytes=max(4096, int(args.records_max_mb * 2**20)),
         records_files=args.records_files,
         datapath=args.datapath,
+        kernel_timestamps=args.kernel_timestamps == "on",
+        tx_calibration=args.tx_calibration == "on",
     )
     return agent.run(ready=lambda: print(f"agent ready (queue {args.queue}, run dir {paths.run_dir})", flush=True))
 

@@ -291,8 +291,20 @@ class PdmEngine:
         return self._reserved
 
     def global_pointer(self, kind: AddrType) -> int:
-        """The last Global Pointer sent for this source-address type (0: none yet)."""
+        """Packets sent so far from this source-address type (the last Global Pointer; 0: none yet)."""
         return self._gp[kind]
+
+    def count_sent(self, src: bytes) -> int:
+        """One more packet sent from ``src`` (16 octets) that carries no PDMv2 option.
+
+        The Global Pointer counts every IPv6 packet the host sends from a source-address type
+        (draft §6.2), not only the ones that carry PDMv2: the agent calls this for each packet it
+        lets out bare.  Returns the new count.
+        """
+        kind = address_type(src)
+        gp = self._gp[kind] % 0xFFFFFFFF + 1
+        self._gp[kind] = gp
+        return gp
 
     def epoch(self, now_ns: int) -> int:
         """The key epoch at ``now_ns`` (never older than one already seen)."""
@@ -445,6 +457,7 @@ class PdmEngine:
         st.sent += 1
 
         if mode is Mode.PDM:
+            self.count_sent(flow.src)  # an RFC 8250 packet carries no Global Pointer but is IPv6 sent
             v1 = PdmOption(
                 scale_dtlr=scale_dtlr,
                 scale_dtls=scale_dtls,

@@ -133,6 +133,11 @@ class MetricsTracker:
             self._flows = OrderedDict(self._flows)  # shrink the table a flood grew
         return len(old)
 
+    def forget_all(self) -> None:
+        """Forget every flow's packets: records were skipped (sampled out or lost), so later packets
+        must not be paired with, or counted as answering, packets from before the gap."""
+        self._flows.clear()
+
     @staticmethod
     def _key(flow: FiveTuple) -> FiveTuple:
         rev = flow.reversed()

@@ -130,7 +130,17 @@ class PacketProcessor:
         self.counters[f"{direction}_{outcome.value}"] += 1
 
     def egress(self, packet: bytes, now_ns: int) -> Verdict:
-        """The packet as it should leave (with the option when the policy says so)."""
+        """The packet as it should leave (with the option when the policy says so).
+
+        Every IPv6 packet that leaves moves its source-address type's Global Pointer, with the
+        option or without it (draft §6.2).
+        """
+        v = self._egress(packet, now_ns)
+        if v.sent is None and len(packet) >= 40 and packet[0] >> 4 == 6:
+            self.engine.count_sent(packet[8:24])
+        return v
+
+    def _egress(self, packet: bytes, now_ns: int) -> Verdict:
         try:
             info = parse_packet(packet)
         except DecodeError as exc:

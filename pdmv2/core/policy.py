@@ -18,6 +18,7 @@ YAML, validated before the agent starts; every error names the file, the line an
     crypto_total_per_s: 2000           # the same for all peers together
     queue_per_prefix_pps: 5000         # packets a /64 may send into the agent per second (0: no limit)
     flow_idle_s: 300                   # flows (and their metrics) forgotten after this long idle
+    global_pointer: all-packets        # all-packets | measured-packets (what the Global Pointer counts)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ rules:
     mode: pdmv2-clear
 """
 
+_GP_SCOPES = ("all-packets", "measured-packets")
+
 _KEYS = {
     "version",
     "default",
@@ -55,6 +58,7 @@ _KEYS = {
     "crypto_total_per_s",
     "queue_per_prefix_pps",
     "flow_idle_s",
+    "global_pointer",
     "__line__",
 }
 
@@ -97,6 +101,10 @@ class Policy:
     """Arriving packets per second one /64 may send into the agent; beyond, they pass unqueued (0: off)."""
     flow_idle_s: int = 300
     """Seconds without traffic after which a flow, its metrics and statistics are forgotten."""
+    global_pointer: str = "all-packets"
+    """What the Global Pointer counts: ``all-packets`` (every IPv6 packet the host sends, as the draft
+    defines it: every packet but loopback passes the agent) or ``measured-packets`` (only TCP, UDP
+    and ICMPv6 echo pass the agent, and the Global Pointer counts those)."""
 
     def __post_init__(self) -> None:
         lengths = [r.prefix.prefixlen for r in self.rules]
@@ -196,6 +204,9 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     records = doc.get("records", d.records)
     if not isinstance(records, bool):
         raise ConfigError(source, f"{line_of(doc)} records".strip(), "must be true or false")
+    gp_scope = doc.get("global_pointer", d.global_pointer)
+    if gp_scope not in _GP_SCOPES:
+        raise ConfigError(source, f"{line_of(doc)} global_pointer".strip(), "must be all-packets or measured-packets")
     return Policy(
         rules=tuple(sorted(rules, key=lambda r: r.prefix.prefixlen, reverse=True)),
         default=_mode(doc.get("default", d.default.value), source, f"{line_of(doc)} default".strip()),
@@ -209,4 +220,5 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         crypto_total_per_s=_int(doc, "crypto_total_per_s", 1, 10_000_000, d.crypto_total_per_s, source),
         queue_per_prefix_pps=_int(doc, "queue_per_prefix_pps", 0, 10_000_000, d.queue_per_prefix_pps, source),
         flow_idle_s=_int(doc, "flow_idle_s", 1, 86_400, d.flow_idle_s, source),
+        global_pointer=gp_scope,
     )

@@ -83,7 +83,7 @@ LIMITED_NS = 100_000_000
 _AEAD_IDS = (1, 2, 3)
 
 # The record layout of _datapath.c (rec_t), little-endian, 96 octets.
-_RECORD = struct.Struct("<qQIHHHHHHBBBBBBBB16s16s24x")
+_RECORD = struct.Struct("<qQIHHHHHHBBBBBBBB16s16sBBHI16x")
 RECORD_SIZE = _RECORD.size
 
 
@@ -113,6 +113,15 @@ class NativeRecord:
     """Global Pointer (None for RFC 8250 PDM)."""
     kri: int | None
     """Kri (None unless encrypted)."""
+    sample_epoch: int = 0
+    """Moves (mod 256) each time the ring's sampling stepped back or records were lost to a full
+    ring: records of different epochs may have a gap between them."""
+    cold: bool = False
+    """Egress: the packet came more than 1 ms after the one before it (caches cold)."""
+    rnf: int = 0
+    """Egress v2: the option's clear RN<<1|F field (with the 5-tuple, finds the packet on the wire)."""
+    comp_ns: int = 0
+    """Egress: the transmit compensation added to the clock read (t_ns - comp_ns is the read)."""
 
 
 def iter_records(data: bytes) -> Iterator[NativeRecord]:
@@ -137,6 +146,10 @@ def iter_records(data: bytes) -> Iterator[NativeRecord]:
         hk,
         src,
         dst,
+        epoch,
+        cold,
+        rnf,
+        comp,
     ) in _RECORD.iter_unpack(data):
         yield NativeRecord(
             t,
@@ -150,6 +163,10 @@ def iter_records(data: bytes) -> Iterator[NativeRecord]:
             dtls << ss,
             gp if hg else None,
             kri if hk else None,
+            epoch,
+            bool(cold),
+            rnf,
+            comp,
         )
 
 

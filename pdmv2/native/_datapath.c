@@ -384,7 +384,10 @@ typedef struct DatapathObject {
     uint8_t *ring;
     uint32_t ring_cap; /* power of two, in records */
     uint64_t ring_w, ring_r;
-    uint64_t rec_dropped, rec_on;
+    uint64_t rec_dropped, rec_on, rec_sampled;
+    uint32_t rec_stride, rec_epoch; /* sampling: keep flows whose hash is 0 mod stride; epoch: gaps */
+    int64_t rec_stride_t;           /* when the stride last changed */
+    int rec_losing;                 /* the ring was full at the last record */
     /* counters */
     uint64_t c_in[O_COUNT], c_out[O_COUNT];
     uint64_t c_handled, c_busy_ns, c_key_requests, c_req_dropped, c_not_read, c_batches, c_kernel_ts;
@@ -392,6 +395,13 @@ typedef struct DatapathObject {
     uint8_t out[MAX_PKT];
     int out_len;
     int64_t last_egress_flow; /* index+1 of the flow of the last egress with an option */
+    /* Transmit compensation (set by Python from its calibration; 0: none): the time from the clock
+     * read before sealing to the packet reaching the device, added to that read.  [0] warm, [1]
+     * cold: the packet came more than 1 ms after the one before it. */
+    int64_t tx_comp_ns[2];
+    int64_t last_pkt_t;
+    int tx_cold;
+    uint32_t cur_comp, rec_rnf;
     struct nfq_handle *nfq_h;
     loopctx_t loop;
     held_t held[HELD_MAX];
@@ -556,7 +566,9 @@ static void request(DatapathObject *d, int kind, const tkey_t *k, uint64_t kri, 
 /* Layout (little-endian, REC_SIZE octets), parsed by pdmv2/native/__init__.py RECORD:
  *  0 t_ns i64 | 8 kri u64 | 16 gp u32 | 20 sport u16 | 22 dport u16 | 24 psntp u16 | 26 psnlr u16
  * 28 delta_tlr u16 | 30 delta_tls u16 | 32 dir u8 | 33 mode u8 | 34 outcome u8 | 35 proto u8
- * 36 scale_dtlr u8 | 37 scale_dtls u8 | 38 has_gp u8 | 39 has_kri u8 | 40 src 16 | 56 dst 16 | 72 pad */
+ * 36 scale_dtlr u8 | 37 scale_dtls u8 | 38 has_gp u8 | 39 has_kri u8 | 40 src 16 | 56 dst 16
+ * 72 sample_epoch u8 | 73 cold u8 | 74 rnf u16 (egress: RN<<1|F) | 76 comp_ns u32 (added to the
+ * clock read) | 80 pad */
 typedef struct {
     int64_t t_ns;
     uint64_t kri;
@@ -564,19 +576,58 @@ typedef struct {
     uint16_t sport, dport, psntp, psnlr, delta_tlr, delta_tls;
     uint8_t dir, mode, outcome, proto, scale_dtlr, scale_dtls, has_gp, has_kri;
     uint8_t src[16], dst[16];
-    uint8_t pad[REC_SIZE - 72];
+    uint8_t sample_epoch, cold;
+    uint16_t rnf;
+    uint32_t comp_ns;
+    uint8_t pad[REC_SIZE - 80];
 } rec_t;
 
 _Static_assert(sizeof(rec_t) == REC_SIZE, "record layout");
 
-static rec_t *rec_slot(DatapathObject *d) {
+/* A hash of the 5-tuple that is the same in both directions (XOR of the two ends). */
+static uint32_t sym_hash(const tkey_t *k) {
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 16; i++) h = (h ^ (uint8_t)(k->b[i] ^ k->b[18 + i])) * 16777619u;
+    h = (h ^ (uint8_t)(k->b[16] ^ k->b[34])) * 16777619u;
+    h = (h ^ (uint8_t)(k->b[17] ^ k->b[35])) * 16777619u;
+    h = (h ^ k->b[36]) * 16777619u;
+    return h ^ (h >> 16);
+}
+
+/* The slot for the next record, or NULL when it is not kept.  When Python falls behind, records
+ * are sampled by flow rather than lost in a block: with the ring half full only flows whose hash
+ * is even are kept, a quarter free 1 in 4, and so on; the others are counted (rec_sampled).  A
+ * kept flow keeps all its records, so its request/reply pairs stay whole (the kept sets are
+ * nested: a flow kept at stride 4 was kept at 2).  The stride goes up at once and down one step
+ * a second while the ring is nearly empty; each step down (and each run of records lost to a
+ * full ring) moves sample_epoch, which tells the reader that pairs may span a gap. */
+static rec_t *rec_slot(DatapathObject *d, const tkey_t *k, int64_t t) {
     if (!d->rec_on) return NULL;
     uint64_t r = __atomic_load_n(&d->ring_r, __ATOMIC_ACQUIRE);
-    if (d->ring_w - r >= d->ring_cap) {
+    uint64_t fill = d->ring_w - r;
+    if (fill >= d->ring_cap) {
         d->rec_dropped++;
+        if (!d->rec_losing) d->rec_epoch++;
+        d->rec_losing = 1;
         return NULL;
     }
-    return (rec_t *)(d->ring + (d->ring_w & (d->ring_cap - 1)) * REC_SIZE);
+    d->rec_losing = 0;
+    uint32_t want = 1;
+    for (uint64_t lim = d->ring_cap / 2; lim && d->ring_cap - fill <= lim; lim >>= 1) want <<= 1;
+    if (want > d->rec_stride) { /* the flows still kept were kept before: no gap in them */
+        d->rec_stride = want;
+        d->rec_stride_t = t;
+    } else if (d->rec_stride > 1 && fill * 8 <= d->ring_cap && t - d->rec_stride_t >= 1000000000LL) {
+        d->rec_stride >>= 1; /* one step a second: the flows that come back have a gap behind them */
+        d->rec_stride_t = t;
+        d->rec_epoch++;
+    }
+    if (d->rec_stride > 1 && k && (sym_hash(k) & (d->rec_stride - 1)) != 0) {
+        d->rec_sampled++;
+        return NULL;
+    }
+    rec_t *slot = (rec_t *)(d->ring + (d->ring_w & (d->ring_cap - 1)) * REC_SIZE);
+    return slot;
 }
 
 static void rec_commit(DatapathObject *d) { __atomic_store_n(&d->ring_w, d->ring_w + 1, __ATOMIC_RELEASE); }
@@ -829,9 +880,15 @@ static uint32_t be32(const uint8_t *p) { return ((uint32_t)p[0] << 24) | (p[1] <
 
 static void record(DatapathObject *d, int dir, int mode, int outcome, const tkey_t *wire, int64_t t, const uint8_t *fields,
                    int has_gp, uint64_t kri, int has_kri) {
-    rec_t *r = rec_slot(d);
+    rec_t *r = rec_slot(d, wire, t);
     if (!r) return;
     memset(r, 0, sizeof *r);
+    r->sample_epoch = (uint8_t)d->rec_epoch;
+    if (dir == HOOK_EGRESS) {
+        r->cold = (uint8_t)d->tx_cold;
+        r->rnf = (uint16_t)d->rec_rnf;
+        r->comp_ns = d->cur_comp;
+    }
     r->t_ns = t;
     r->dir = (uint8_t)dir;
     r->mode = (uint8_t)mode;
@@ -890,9 +947,28 @@ static void prefetch_recv(DatapathObject *d, flow_t *f, const tkey_t *wire, int6
     }
 }
 
+/* One more packet sent from pkt's source-address type (PdmEngine.count_sent): the Global Pointer
+ * counts every IPv6 packet the host sends, with PDMv2 or without it (draft section 6.2). */
+static void gp_count(DatapathObject *d, const uint8_t *pkt, int n) {
+    if (n < 40 || (pkt[0] >> 4) != 6) return;
+    int kind = (pkt[8] == 0xFE && (pkt[9] & 0xC0) == 0x80) ? 0 : 1;
+    d->gp[kind] = d->gp[kind] % 0xFFFFFFFFu + 1;
+}
+
+static int egress_core(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int *changed);
+
+static int pending(int out) { return out == O_KEY_PENDING || out == O_RESERVE_PENDING; }
+
 /* Egress: *out_packet set when the packet changes.  now < 0: read the clock here (as late as
- * possible before sealing). */
+ * possible before sealing).  A packet that leaves bare counts in the Global Pointer here; one
+ * still pending counts when it is decided (or given up: sent bare). */
 static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int *changed) {
+    int out = egress_core(d, pkt, n, now, changed);
+    if (out != O_INSERTED && !pending(out)) gp_count(d, pkt, n);
+    return out;
+}
+
+static int egress_core(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int *changed) {
     pinfo_t pi;
     *changed = 0;
     d->last_egress_flow = 0;
@@ -910,7 +986,11 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
 
     tkey_t k;
     tkey_make(&k, pkt + 8, pi.sport, pkt + 24, pi.dport, pi.proto);
-    if (now < 0) now = mono_ns();
+    d->cur_comp = 0;
+    if (now < 0) { /* read here, as late as possible; plus the calibrated time to the device */
+        d->cur_comp = (uint32_t)d->tx_comp_ns[d->tx_cold];
+        now = mono_ns() + d->cur_comp;
+    }
     uint32_t fi = flow_find(d, &k);
     flow_t *f = fi ? F(d, fi) : NULL;
 
@@ -987,10 +1067,12 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
         fields[0] = s_tlr; fields[1] = s_tls; write_be32(fields + 2, 0);
         write_be16(fields + 6, psntp); write_be16(fields + 8, f->psnlr);
         write_be16(fields + 10, delta_tlr); write_be16(fields + 12, delta_tls);
+        gp_count(d, pkt, n); /* RFC 8250 carries no Global Pointer, but the packet is IPv6 sent */
     } else {
         uint32_t gp = d->gp[kind] % 0xFFFFFFFFu + 1;
         uint16_t rn = prseq_next(f);
         uint16_t rnf = (uint16_t)((rn << 1) | (kri & 1));
+        d->rec_rnf = rnf;
         fields[0] = s_tlr; fields[1] = s_tls; write_be32(fields + 2, gp);
         write_be16(fields + 6, psntp); write_be16(fields + 8, f->psnlr);
         write_be16(fields + 10, delta_tlr); write_be16(fields + 12, delta_tls);
@@ -1012,6 +1094,7 @@ static int egress(DatapathObject *d, const uint8_t *pkt, int n, int64_t now, int
     if (d->prefetch_ns && mode == MODE_ENC) prefetch_send(d, f, &k, now);
     *changed = 1;
     record(d, HOOK_EGRESS, mode, O_INSERTED, &k, now, fields, has_gp, kri, mode == MODE_ENC);
+    d->rec_rnf = 0;
     return O_INSERTED;
 }
 
@@ -1279,6 +1362,7 @@ static int Datapath_init(DatapathObject *d, PyObject *args, PyObject *kw) {
     d->send_floor = d->recv_floor = d->reserved = d->rx_recorded = -1;
     d->notify_fd = -1;
     d->rec_on = 1;
+    d->rec_stride = 1;
     d->max_flows = max_flows;
     uint32_t nb = 1;
     while (nb < 2 * max_flows) nb <<= 1;
@@ -1318,15 +1402,18 @@ static void Datapath_dealloc(DatapathObject *d) {
 
 static PyObject *Datapath_configure(DatapathObject *d, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"rotate_after", "grace_ns", "idle_ns", "epoch_ns", "max_tries", "mtu",
-                             "drop_on_auth_failure", "records", "prefetch_ns", NULL};
+                             "drop_on_auth_failure", "records", "prefetch_ns", "tx_comp_warm_ns",
+                             "tx_comp_cold_ns", NULL};
     int rotate_after = d->rotate_after, max_tries = d->max_tries, mtu = d->mtu, drop = d->drop_on_auth_failure;
     int records = (int)d->rec_on;
     long long grace = d->grace_ns, idle = d->idle_ns, epoch = d->epoch_ns, prefetch = d->prefetch_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iLLLiippL", kwlist, &rotate_after, &grace, &idle, &epoch, &max_tries,
-                                     &mtu, &drop, &records, &prefetch))
+    long long warm = d->tx_comp_ns[0], cold = d->tx_comp_ns[1];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iLLLiippLLL", kwlist, &rotate_after, &grace, &idle, &epoch,
+                                     &max_tries, &mtu, &drop, &records, &prefetch, &warm, &cold))
         return NULL;
     if (rotate_after < 1 || rotate_after > (int)PRSEQ_PERIOD || epoch <= 0 || max_tries < 1 || max_tries > 16 ||
-        mtu < 1280 || mtu > 65535 || grace < 0 || idle <= 0 || prefetch < 0) {
+        mtu < 1280 || mtu > 65535 || grace < 0 || idle <= 0 || prefetch < 0 || warm < 0 || warm > 1000000 ||
+        cold < 0 || cold > 1000000) {
         PyErr_SetString(PyExc_ValueError, "configure: a setting is out of range");
         return NULL;
     }
@@ -1334,6 +1421,7 @@ static PyObject *Datapath_configure(DatapathObject *d, PyObject *args, PyObject 
     d->rotate_after = rotate_after; d->grace_ns = grace; d->idle_ns = idle; d->epoch_ns = epoch;
     d->max_tries = max_tries; d->mtu = mtu; d->drop_on_auth_failure = drop; d->rec_on = (uint64_t)records;
     d->prefetch_ns = prefetch;
+    d->tx_comp_ns[0] = warm; d->tx_comp_ns[1] = cold;
     UNLOCK(d);
     Py_RETURN_NONE;
 }
@@ -1649,8 +1737,9 @@ static PyObject *Datapath_stats(DatapathObject *d, PyObject *Py_UNUSED(a)) {
         PyTuple_SET_ITEM(out, i, PyLong_FromUnsignedLongLong(d->c_out[i]));
     }
     PyObject *r = (in && out) ? Py_BuildValue(
-        "{sNsNsKsKsKsKsKsKsKsKsIsIsIsIsKsKsi}", "ingress", in, "egress", out, "handled", (unsigned long long)d->c_handled,
+        "{sNsNsKsKsKsKsIsKsKsKsKsKsIsIsIsIsKsKsi}", "ingress", in, "egress", out, "handled", (unsigned long long)d->c_handled,
         "busy_ns", (unsigned long long)d->c_busy_ns, "records_dropped", (unsigned long long)d->rec_dropped,
+        "records_sampled_out", (unsigned long long)d->rec_sampled, "record_stride", (unsigned)d->rec_stride,
         "key_requests", (unsigned long long)d->c_key_requests, "requests_dropped",
         (unsigned long long)d->c_req_dropped, "not_read", (unsigned long long)d->c_not_read, "batches",
         (unsigned long long)d->c_batches, "kernel_timestamps", (unsigned long long)d->c_kernel_ts, "flows",
@@ -1702,11 +1791,14 @@ static int release_held(DatapathObject *d, int64_t max_age_ns) {
         held_t h = d->held[i];
         int changed = 0, drop = 0, out;
         out = h.hook == HOOK_EGRESS ? egress(d, h.buf, h.len, -1, &changed) : ingress(d, h.buf, h.len, h.t, &drop);
-        if ((out == O_KEY_PENDING || out == O_RESERVE_PENDING) && now - h.held_at < max_age_ns) {
+        if (pending(out) && now - h.held_at < max_age_ns) {
             d->held[kept++] = h;
             continue;
         }
-        if (out == O_KEY_PENDING || out == O_RESERVE_PENDING) d->c_held_expired++;
+        if (pending(out)) {
+            d->c_held_expired++;
+            if (h.hook == HOOK_EGRESS) gp_count(d, h.buf, h.len); /* given up: it leaves bare */
+        }
         if (h.hook == HOOK_EGRESS) d->c_out[out]++;
         else d->c_in[out]++;
         if (c->qh) {
@@ -1739,6 +1831,8 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_d
         return 0;
     }
     int64_t now = -1;
+    d->tx_cold = d->last_pkt_t && t0 - d->last_pkt_t > 1000000;
+    d->last_pkt_t = t0;
     if (ph->hook == NF_INET_LOCAL_OUT) {
         out = egress(d, payload, n, -1, &changed);
     } else {
@@ -1753,7 +1847,7 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_d
         }
         out = ingress(d, payload, n, now, &drop);
     }
-    if ((out == O_KEY_PENDING || out == O_RESERVE_PENDING) && d->nheld < HELD_MAX) {
+    if (pending(out) && d->nheld < HELD_MAX) {
         held_t *h = &d->held[d->nheld];
         h->buf = malloc((size_t)n);
         if (h->buf) { /* held until Python answers (release_held); no verdict yet */
@@ -1771,8 +1865,12 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_d
             return 0;
         }
     }
-    if (ph->hook == NF_INET_LOCAL_OUT) d->c_out[out]++;
-    else d->c_in[out]++;
+    if (ph->hook == NF_INET_LOCAL_OUT) {
+        if (pending(out)) gp_count(d, payload, n); /* nowhere to hold it: it leaves bare */
+        d->c_out[out]++;
+    } else {
+        d->c_in[out]++;
+    }
     give_verdict(c, id, changed, drop);
     d->c_handled++;
     d->c_busy_ns += (uint64_t)(mono_ns() - t0);

@@ -14,6 +14,7 @@ from scapy.layers.inet import TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
+    ICMPv6ND_NS,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -172,6 +173,9 @@ def test_clear_pdm_icmp_tcp_and_header_merging() -> None:
         bytes(IPv6(src=C, dst="2001:db8:9::1") / UDP(sport=1, dport=2)),
         udp(size=1500 - 48 - 30),  # too big for the option
         udp(size=1500 - 48 - 40),  # exactly fits
+        # never measured, but sent: both move the Global Pointer of their source type
+        bytes(IPv6(src="fe80::1", dst="ff02::1:ff00:2") / ICMPv6ND_NS(tgt="fe80::2")),
+        bytes(IPv6(src=C, dst="ff02::16") / ICMPv6ND_NS(tgt=S)),
     ]
     for p in pkts:
         t += MS

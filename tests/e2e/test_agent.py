@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pdmv2.capture import decode_capture
+from tests.e2e import sent_truth
 from tests.e2e.topo import PY, A, AgentTopo, B
 
 APPS = str(Path(__file__).resolve().parent.parent.parent / "lab" / "servers.py")
@@ -90,9 +91,10 @@ def test_ping_udp_tcp_carry_the_option_and_decode(topo: AgentTopo, datapath: str
     icmp = by_proto[58]
     for req, rep in zip(icmp[::2], icmp[1::2], strict=True):
         assert rep.psnlr == req.psntp
-    # One Global Pointer per source-address type, shared by all flows of a's global address, from 1.
+    # One Global Pointer per source-address type, shared by all flows of a's global address; it
+    # counts every packet a sends (neighbour discovery too), so it rises by at least one per option.
     gps = [o.global_pointer for o in opts if o.src == A]
-    assert gps[0] == 1 and gps == sorted(gps) and len(set(gps)) == len(gps)
+    assert gps[0] >= 1 and all(y > x for x, y in itertools.pairwise(gps))
     # Every TCP/UDP/ICMPv6 data packet a sent carries it: compare with the agent's counter.
     stats = topo.stats("a")["counters"]
     assert stats["egress_inserted"] == len([o for o in opts if o.src == A])
@@ -113,10 +115,65 @@ def test_link_local_is_clear_and_global_pointers_are_separate(topo: AgentTopo) -
     clear = [o for o in opts if o.src.startswith("fe80")]
     enc = [o for o in opts if o.src == A]
     assert [o.format for o in clear] == ["pdmv2-clear"] * 3
-    assert [o.global_pointer for o in clear] == [1, 2, 3]  # readable without keys
-    assert [o.global_pointer for o in enc] == [1, 2, 3] and all(o.format == "pdmv2-encrypted" for o in enc)
+    assert all(o.format == "pdmv2-encrypted" for o in enc) and len(enc) == 3
+    # Two counters: each rises by the packets of its own source type only.  Between two of a's
+    # global echo requests a sent a link-local one (and perhaps neighbour discovery): a single
+    # counter would have moved by at least 2, these move by 1 unless a sent more from that type.
+    sent = gp_by_type(topo, "a")
+    ll_gp, gl_gp = [o.global_pointer for o in clear], [o.global_pointer for o in enc]  # clear: readable without keys
+    assert all(y > x for x, y in itertools.pairwise(ll_gp)) and all(y > x for x, y in itertools.pairwise(gl_gp))
+    assert ll_gp[-1] <= sent["link_local"] and gl_gp[-1] <= sent["global"]
+    assert (
+        min(y - x for x, y in itertools.pairwise(gl_gp)) == 1 or min(y - x for x, y in itertools.pairwise(ll_gp)) == 1
+    )
     nokeys = decode(topo, pcap, keys_of=None)
     assert all(o.status == "encrypted" and o.psntp is None for o in nokeys if o.src in (A, B))
+
+
+def gp_by_type(topo: AgentTopo, name: str) -> dict[str, int]:
+    return topo.stats(name)["global_pointer"]
+
+
+def test_global_pointer_counts_every_packet_the_kernel_sends(topo: AgentTopo) -> None:
+    """Draft §6.2: GP "increments for every packet sent" from its source-address type.
+
+    The truth is the kernel's own count of IPv6 packets sent (Ip6OutRequests in the namespace),
+    split by source type with counting rules in the raw table (which runs before the agent's).
+    """
+
+    def run(*argv: str) -> str:
+        return topo.a.cmd(*argv).stdout
+
+    sent_truth.install(run)
+    topo.start_agent("a")
+    topo.start_agent("b")
+    echo = topo.tb.spawn(topo.b, PY, APPS, "udp-echo", "5001", "0", stdout=subprocess.PIPE)
+    wait_line(echo, "ready")
+    ll = topo.m.link_local("eth0")
+    before = sent_truth.snapshot(run, lambda: gp_by_type(topo, "a"))
+    for _ in range(3):
+        assert topo.a.cmd("ping", "-6", "-c", "2", "-i", "0.2", B, check=False).returncode == 0
+        assert topo.a.cmd("ping", "-6", "-c", "2", "-i", "0.2", f"{ll}%eth0", check=False).returncode == 0
+    assert topo.a.cmd(PY, APPS, "udp-client", B, "5001", "20", "20").stdout.strip() == "replies 20"
+    sent = sent_truth.check(before, sent_truth.snapshot(run, lambda: gp_by_type(topo, "a")))
+    assert sent["global"] >= 26 and sent["link_local"] >= 6, sent  # 6 + 20 requests, 6 link-local ones
+
+
+def test_native_path_calibrates_its_transmit_time_on_its_own_packets(topo: AgentTopo, datapath: str) -> None:
+    """The tap (AF_PACKET, outgoing, kernel-stamped) sees the agent's own encrypted packets leave;
+    the native path learns how long after its clock read that is, and adds it to egress times."""
+    if datapath != "native":
+        pytest.skip("the transmit calibration is the native path's")
+    topo.start_agent("a")
+    topo.start_agent("b")
+    echo = topo.tb.spawn(topo.b, PY, APPS, "udp-echo", "5001", "0", stdout=subprocess.PIPE)
+    wait_line(echo, "ready")
+    assert topo.a.cmd(PY, APPS, "udp-client", B, "5001", "30", "20").stdout.strip() == "replies 30"
+    time.sleep(0.3)
+    for name in ("a", "b"):
+        tx = topo.stats(name)["native"]["tx_compensation"]
+        assert tx["on"] and tx["samples"] >= 20, (name, tx)
+        assert 0 < tx["cold_us"] <= 500 and 0 <= tx["warm_us"] <= 500, (name, tx)
 
 
 def test_server_delay_of_5ms_shows_in_stats(topo: AgentTopo) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from lab import control
+from lab import control, tcpdump
 from lab import state as labstate
 from pdmv2.capture import decode_capture
 from pdmv2.core.keyring import dump_client_key_file, parse_key_file
 from pdmv2.regstore import write_secret_file
+from tests.e2e import sent_truth
 
 PY = sys.executable
 PDMV2 = str(Path(PY).parent / "pdmv2")
@@ -65,14 +66,12 @@ def up() -> Iterator[dict]:
         )
 
 
-def capture(host: str, path: Path) -> subprocess.Popen[str]:
-    return control.host(host).capture(path)
+def capture(host: str, path: Path) -> tcpdump.Capture:
+    return control.host(host).capture(path, snaplen=tcpdump.HEADERS_SNAPLEN)
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    time.sleep(0.3)
-    proc.terminate()
-    proc.wait(10)
+def stop(cap: tcpdump.Capture) -> None:
+    assert cap.stop(settle_s=0.3) == 0, f"{cap.where}: the capture dropped packets"
 
 
 def keys_of(host: str, tmp: Path) -> Path:
@@ -99,11 +98,19 @@ def test_global_pointer_separation(up: dict, tmp_path: Path) -> None:
         in_host("sc2", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout.split()[3].split("/")[0]
     )
     pcap = tmp_path / "sc1.pcap"
+
+    def run(*argv: str) -> str:
+        return in_host("sc1", *argv).stdout
+
+    sent_truth.install(run)
+    before = sent_truth.snapshot(run, lambda: stats("sc1")["global_pointer"])
     cap = capture("sc1", pcap)
     for _ in range(3):
         in_host("sc1", "ping", "-6", "-c", "1", f"{ll}%eth0")
         in_host("sc1", "ping", "-6", "-c", "1", SS1)
     stop(cap)
+    sent = sent_truth.check(before, sent_truth.snapshot(run, lambda: stats("sc1")["global_pointer"]))
+    assert sent["link_local"] >= 3 and sent["global"] >= 3
     opts = decode_capture(pcap, keys_of("ss1", tmp_path)).options
     mine_ll = [o for o in opts if o.src.startswith("fe80") and o.dst == ll]
     mine_gl = [o for o in opts if o.src == SC1]
@@ -111,7 +118,8 @@ def test_global_pointer_separation(up: dict, tmp_path: Path) -> None:
     assert [o.format for o in mine_gl] == ["pdmv2-encrypted"] * 3 and all(o.status == "opened" for o in mine_gl)
     ll_gp, gl_gp = [o.global_pointer for o in mine_ll], [o.global_pointer for o in mine_gl]
     assert ll_gp == sorted(ll_gp) and gl_gp == sorted(gl_gp)
-    assert ll_gp[1] - ll_gp[0] == 1 and gl_gp[1] - gl_gp[0] == 1  # independent counters, interleaved traffic
+    # independent counters: each moved by its own type's packets only (sent_truth.check above)
+    assert ll_gp[-1] - ll_gp[0] < sent["link_local"] and gl_gp[-1] - gl_gp[0] < sent["global"]
 
 
 def test_observer_sees_only_ciphertext_and_sc2_cannot_open_sc1(up: dict, tmp_path: Path) -> None:

@@ -83,6 +83,13 @@ def test_global_pointer_per_address_type() -> None:
     got = [eng.outgoing(f, Mode.PDMV2_CLEAR, i).global_pointer for i, f in enumerate([ll, gl, gl2, ll, gl, ll])]
     assert got == [1, 1, 2, 2, 3, 3]
     assert eng.global_pointer(AddrType.LINK_LOCAL) == 3 and eng.global_pointer(AddrType.GLOBAL) == 3
+    # Packets sent without PDMv2 (and RFC 8250 ones) move the pointer of their source type too.
+    assert eng.count_sent(ll.src) == 4 and eng.global_pointer(AddrType.GLOBAL) == 3
+    eng.outgoing(gl, Mode.PDM, 10)
+    assert eng.outgoing(gl, Mode.PDMV2_CLEAR, 11).global_pointer == 5
+    eng2 = PdmEngine(rng=random.Random(4))
+    eng2._gp[AddrType.GLOBAL] = 0xFFFFFFFF
+    assert eng2.count_sent(gl.src) == 1  # wraps past 2^32 - 1, never to 0
     assert address_type(ipaddress.IPv6Address("febf::1").packed) is AddrType.LINK_LOCAL
     assert address_type(ipaddress.IPv6Address("fec0::1").packed) is AddrType.GLOBAL
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 
@@ -132,10 +133,48 @@ def test_record_ring_drops_and_counts_when_python_falls_behind() -> None:
     a = dp_for(client_keys(), ring=4)
     for i in range(10):
         assert run(a, client_keys(), HOOK_EGRESS, udp(), T0 + i)[0] == "inserted"
-    assert len(a.drain(100)) == 4 * 96  # type: ignore[attr-defined]
-    assert a.stats()["records_dropped"] == 6  # type: ignore[attr-defined]
-    assert run(a, client_keys(), HOOK_EGRESS, udp(), T0 + 20)[0] == "inserted"
-    assert len(a.drain(100)) == 96  # type: ignore[attr-defined]  # room again
+    kept = len(a.drain(100)) // 96  # type: ignore[attr-defined]
+    st = a.stats()  # type: ignore[attr-defined]
+    assert 1 <= kept <= 4 and kept + st["records_sampled_out"] + st["records_dropped"] == 10
+    for k in range(1, 4):  # the ring is empty again: the sampling steps back, one step a second
+        assert run(a, client_keys(), HOOK_EGRESS, udp(), T0 + k * 2 * 10**9)[0] == "inserted"
+        a.drain(100)  # type: ignore[attr-defined]
+    assert a.stats()["record_stride"] == 1  # type: ignore[attr-defined]
+    assert run(a, client_keys(), HOOK_EGRESS, udp(), T0 + 8 * 10**9)[0] == "inserted"
+    assert len(a.drain(100)) == 96  # type: ignore[attr-defined]  # every record kept
+
+
+def test_records_are_sampled_by_whole_flows_when_python_falls_behind() -> None:
+    """Behind, the ring keeps some flows whole (both directions) instead of losing a block of time."""
+    a, b = dp_for(client_keys(), ring=256), dp_for(server_keys(), ring=256)
+    flows, rounds = 64, 8
+    for i in range(rounds):
+        for f in range(flows):
+            out, pkt, _ = run(a, client_keys(), HOOK_EGRESS, udp(sport=5000 + f), T0 + (i * flows + f) * 1000)
+            assert out == "inserted" and pkt is not None
+            assert run(b, server_keys(), HOOK_INGRESS, pkt, T0 + (i * flows + f) * 1000 + 10)[0] == "read"
+    for dp in (a, b):
+        recs = list(iter_records(dp.drain(10_000)))  # type: ignore[attr-defined]
+        st = dp.stats()  # type: ignore[attr-defined]
+        assert len(recs) + st["records_sampled_out"] + st["records_dropped"] == flows * rounds
+        assert st["records_sampled_out"] > 0 and st["record_stride"] > 1
+        by_flow: dict[int, list[int]] = {}
+        for r in recs:
+            by_flow.setdefault(r.flow.src_port if r.flow.src_port != 53 else r.flow.dst_port, []).append(r.psntp)
+        whole = [p for p, seq in by_flow.items() if len(seq) == rounds]
+        assert len(whole) >= 2  # some flows kept from their first packet to their last
+        for seq in by_flow.values():  # a kept flow's records have no holes until the ring sampled it out
+            assert all((y - x) & 0xFFFF == 1 for x, y in itertools.pairwise(seq))
+        assert len({r.sample_epoch for r in recs}) == 1  # sampling more: the flows kept have no gap
+    # Both ends keep the same flows: the hash is the same in both directions.
+    assert a.stats()["records_sampled_out"] == b.stats()["records_sampled_out"]  # type: ignore[attr-defined]
+    # Drained, a second later: one step back, and the records say that flows may have a gap.
+    before = recs[-1].sample_epoch
+    stride = a.stats()["record_stride"]  # type: ignore[attr-defined]
+    assert run(a, client_keys(), HOOK_EGRESS, udp(sport=whole[0]), T0 + 10 * 10**9)[0] == "inserted"
+    assert a.stats()["record_stride"] == stride // 2  # type: ignore[attr-defined]
+    later = list(iter_records(a.drain(100)))  # type: ignore[attr-defined]
+    assert len(later) == 1 and later[0].sample_epoch != before
 
 
 def test_flow_table_is_bounded_and_expires() -> None:
@@ -236,3 +275,40 @@ def test_prefetch_asks_for_the_next_epoch_and_rotation_before_they_are_needed() 
     assert a.process(HOOK_EGRESS, udp(), late)[0] == OUTCOMES.index("inserted")  # type: ignore[attr-defined]
     kinds = {(k, kri) for k, _, kri, _ in a.requests()}  # type: ignore[attr-defined]
     assert (REQ_KEY, (e + 1) << 16) in kinds and (REQ_RESERVE, ((e + 1) << 16) | 15) in kinds
+
+
+def test_a_gap_in_the_records_makes_the_metrics_forget_what_came_before() -> None:
+    from pdmv2.agent.native_loop import NativeLoop
+    from pdmv2.core.metrics import MetricsTracker, PacketRecord
+
+    tracker = MetricsTracker()
+    seen: list[int] = []
+
+    def sink(rec: object) -> None:
+        seen.append(rec.psntp)  # type: ignore[attr-defined]
+        tracker.feed(PacketRecord.of(rec, rec.t_ns))  # type: ignore[arg-type, attr-defined]
+
+    loop = NativeLoop(
+        policy=parse_policy("rules:\n  - prefix: 2001:db8::/32\n    mode: pdmv2-clear\n"),
+        keys=None,
+        epoch_ns=2_000_000_000,
+        floors=(-1, -1, 1 << 62),
+        wall_offset_ns=0,
+        reserve=lambda _k: True,
+        record_sink=sink,
+        ring=4,
+        on_gap=tracker.forget_all,
+    )
+    loop.dp.set_floors(reserved=1 << 62, rx_recorded=1 << 62)
+    for i in range(12):  # nobody drains: the ring fills and records are lost
+        loop.dp.process(HOOK_EGRESS, udp(), T0 + i)
+    assert loop.drain() >= 1 and len(tracker) == 1 and loop.record_gaps == 0
+    kept = len(seen)
+    for k in range(1, 10):  # drained: the sampling steps back, one step a second, to this flow
+        loop.dp.process(HOOK_EGRESS, udp(), T0 + k * 2 * 10**9)
+        if loop.drain():
+            break
+    assert len(seen) == kept + 1 and seen[-1] > seen[-2] + 1  # records were skipped before this one
+    assert loop.record_gaps == 1
+    (memo,) = tracker._flows.values()
+    assert len(memo.by_psntp) == 1  # the tracker forgot the packets before the gap

@@ -80,3 +80,22 @@ def test_forged_option_counted_and_dropped_only_when_policy_says() -> None:
     assert b.ingress(v.packet, 4).outcome is Outcome.REPLAY
     _, strict = procs(POLICY + "on_auth_failure: drop\n")
     assert strict.ingress(bytes(bad), 2).drop
+
+
+def test_every_packet_sent_moves_the_global_pointer_of_its_source_type() -> None:
+    """Draft §6.2: the Global Pointer counts all IPv6 packets sent from a source-address type."""
+    a, _ = procs()
+    bare = [
+        udp(dst="2001:db8:9::1"),  # policy off
+        bytes(IPv6(src=C, dst="ff02::1:ff00:20") / ICMPv6ND_NS(tgt=S)),  # not measured
+        bytes(IPv6(src=C, dst=S) / IPv6ExtHdrFragment(m=1, id=3) / UDP(sport=1, dport=2)),  # refused
+        udp(size=1500),  # too big for the option
+    ]
+    for p in bare:
+        assert a.egress(p, 1).sent is None
+    link_local = bytes(IPv6(src="fe80::1", dst="ff02::2") / ICMPv6ND_NS(tgt="fe80::2"))
+    assert a.egress(link_local, 1).outcome is Outcome.NOT_MEASURED
+    assert a.egress(b"\x60garbage", 1).outcome is Outcome.MALFORMED  # not a whole IPv6 header: not counted
+    v = a.egress(udp(), 2)
+    assert v.sent is not None and v.sent.global_pointer == len(bare) + 1
+    assert (a.engine.global_pointer(0), a.engine.global_pointer(1)) == (1, len(bare) + 1)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ DOCUMENTED = {
     "crypto_total_per_s": 2000,
     "queue_per_prefix_pps": 5000,
     "flow_idle_s": 300,
+    "global_pointer": "all-packets",
 }
 
 
@@ -45,6 +46,7 @@ def test_an_empty_policy_has_the_documented_defaults() -> None:
         ("crypto_total_per_s", 1700),
         ("queue_per_prefix_pps", 0),
         ("flow_idle_s", 60),
+        ("global_pointer", "measured-packets"),
     ],
 )
 def test_each_setting_lands_in_its_own_field(name: str, value: object) -> None:
@@ -65,3 +67,9 @@ def test_an_out_of_range_setting_names_its_field() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_policy("version: 1\nflow_idle_s: 0\n", "p.yaml")
     assert "flow_idle_s" in str(exc.value.field)
+
+
+def test_global_pointer_scope_is_one_of_two_words() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_policy("version: 1\nglobal_pointer: pdm-only\n", "p.yaml")
+    assert "global_pointer" in str(exc.value.field) and "all-packets" in str(exc.value)
