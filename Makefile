@@ -55,7 +55,7 @@ bench: deps ## benchmarks: core, registration on loopback, agent in namespaces (
 	$(PY) bench/core_bench.py --json bench/core.json
 	$(PY) bench/registration_bench.py --json bench/registration.json
 	$(PY) bench/native_bench.py --json bench/native.json
-	$(PY) bench/agent_bench.py --out bench/results.json
+	$(PY) bench/agent_bench.py --out bench/agent.json
 	$(PY) bench/accuracy_bench.py --out bench/accuracy.json
 	$(PY) bench/security_bench.py --json bench/security.json --results bench/results.md
 

@@ -1,6 +1,6 @@
 """Agent benchmark in namespaces: UDP 64-octet flood and ping RTT under six setups.
 
-    python bench/agent_bench.py [--seconds S] [--pings N] [--out bench/results.json]
+    python bench/agent_bench.py [--seconds S] [--pings N] [--out bench/agent.json]
 
 Setups: no_agent; nfqueue_accept (a bare Python accept loop on both hosts: the transport's ceiling
 for Python); agent_clear and agent_encrypted (--datapath python); native_clear and native_encrypted
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Agent benchmark in namespaces (root).")
     parser.add_argument("--seconds", type=float, default=5.0, help="UDP flood duration per setup (default 5)")
     parser.add_argument("--pings", type=int, default=300, help="pings per setup (default 300)")
-    parser.add_argument("--out", type=Path, default=HERE / "results.json", help="results file")
+    parser.add_argument("--out", type=Path, default=HERE / "agent.json", help="results file (JSON)")
     args = parser.parse_args(argv)
     print(
         f"agent benchmark: {2 + len(SETUPS)} setups, {args.seconds:g} s UDP flood and {args.pings} pings each",
@@ -219,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args.seconds, args.pings)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     table = markdown(res)
-    args.out.with_suffix(".md").write_text(table)
     write_section(
         "agent",
         "## Data path (issue 9): throughput and added ping RTT (`bench/agent_bench.py`)\n\n"

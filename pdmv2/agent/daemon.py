@@ -36,11 +36,23 @@ from .nfq import open_queue
 from .records import DEFAULT_FILES, DEFAULT_MAX_BYTES, RecordWriter
 from .reservation import DurableState
 
-__all__ = ["Agent", "AgentPaths", "RECORDS_NAME", "SOCKET_NAME", "PID_NAME", "LOCK_NAME", "take_netns_lock"]
+__all__ = [
+    "Agent",
+    "AgentPaths",
+    "RECORDS_NAME",
+    "SOCKET_NAME",
+    "PID_NAME",
+    "READY_NAME",
+    "LOCK_NAME",
+    "take_netns_lock",
+]
 
 log = logging.getLogger("pdmv2.agent")
 NF_INET_LOCAL_OUT = 3  # netfilter hook number; anything else queued is LOCAL_IN
 RECORDS_NAME, SOCKET_NAME, PID_NAME = "records.jsonl", "agent.sock", "agent.pid"
+READY_NAME = "ready"
+"""In the run directory while the agent serves: "keys N" (key files loaded).  A supervisor can wait
+for it with a shell test instead of starting a Python process to ask the control socket."""
 _LOG_EVERY_NS = 1_000_000_000
 # One agent per network namespace: abstract unix socket names are per network namespace and the
 # name is released by the kernel when the process ends, however it ends (kill -9 included).
@@ -467,8 +479,19 @@ class Agent:
                 self.keyset = keyset
                 if self.native is not None:
                     self.native.reload(policy, keys)
+            self._write_ready()
             log.info("reloaded policy (%d rules) and keys (%s)", len(policy.rules), keys)
             return None
+
+    def _write_ready(self) -> None:
+        """READY_NAME, replaced atomically (a reader never sees half of it)."""
+        path = self.paths.run_dir / READY_NAME
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(f"keys {len(self.keyset)}\n")
+            tmp.replace(path)
+        except OSError as exc:  # a full run directory: supervisors fall back to asking the socket
+            log.warning("could not write %s: %s", path, exc.strerror)
 
     # -- main loop ---------------------------------------------------------------------------------
 
@@ -476,6 +499,7 @@ class Agent:
         """Serve until SIGTERM/SIGINT; removes everything it installed on the way out."""
         self._netns_lock = take_netns_lock()  # before anything is touched: a refused start changes nothing
         self.paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.paths.run_dir / READY_NAME).unlink(missing_ok=True)  # an earlier run's
         (self.paths.run_dir / PID_NAME).write_text(f"{os.getpid()}\n")
         self.paths.socket.unlink(missing_ok=True)
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -514,6 +538,7 @@ class Agent:
             log.info(
                 "agent up: queue %d, %d policy rules, keys %s", self.queue_num, len(self.policy.rules), self.engine.keys
             )
+            self._write_ready()
             if ready is not None:
                 ready()
             while not self._stop:
@@ -542,6 +567,7 @@ class Agent:
             # kernel's answer to the unbind; closing the socket at exit unbinds the queue.
             control.close()
             self.paths.socket.unlink(missing_ok=True)
+            (self.paths.run_dir / READY_NAME).unlink(missing_ok=True)
             (self.paths.run_dir / PID_NAME).unlink(missing_ok=True)
             self._netns_lock.close()  # last: the namespace is free once everything of ours is gone
         log.info("agent stopped: %s", dict(self.proc.counters))

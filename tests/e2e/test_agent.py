@@ -176,6 +176,17 @@ def test_native_path_calibrates_its_transmit_time_on_its_own_packets(topo: Agent
         assert 0 < tx["cold_us"] <= 500 and 0 <= tx["warm_us"] <= 500, (name, tx)
 
 
+def test_ready_file_says_the_agent_serves_and_how_many_key_files_it_has(topo: AgentTopo) -> None:
+    """What the role's supervisor waits for, without starting a Python process to ask."""
+    ready = topo.run_dir("a") / "ready"
+    ready.parent.mkdir(parents=True, exist_ok=True)
+    ready.write_text("keys 7\n")  # an earlier run's, left by a crash: gone before the agent serves
+    topo.start_agent("a")
+    assert ready.read_text() == "keys 1\n"
+    assert topo.stop_agent("a") == 0
+    assert not ready.exists()
+
+
 def test_server_delay_of_5ms_shows_in_stats(topo: AgentTopo) -> None:
     topo.start_agent("a")
     topo.start_agent("b")
