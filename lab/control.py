@@ -13,7 +13,6 @@ daemon and the e2e tests all come through here.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -30,6 +29,8 @@ from typing import Any, NoReturn
 from lab import state as labstate
 from lab import tcpdump
 from lab.topology import Topology, check_root_routes, parse_topology, scaled
+from pdmv2.agent.daemon import query
+from pdmv2.core.errors import ConfigError
 from pdmv2.core.prseq import PRSEQ_PERIOD
 
 __all__ = [
@@ -298,19 +299,22 @@ def progress_lines(st: dict[str, Any]) -> list[str]:
 
 
 def agent_stats(h: LabHost) -> dict[str, Any] | None:
-    """The agent's ``pdmv2 stats --json`` in a host, or None when it does not answer."""
-    out = h.run(PDMV2, "stats", "--json", "--run", "/run/pdmv2")
-    if out.returncode != 0:
+    """The agent's stats in a host, or None when it does not answer.
+
+    Asked on its control socket through the host's own mount namespace (/proc/PID/root, where the
+    host's private /run/pdmv2 is): what `pdmv2 stats --json` answers, without a process per host.
+    """
+    try:
+        return query(Path(f"/proc/{h.pid}/root/run/pdmv2"), timeout=2.0)
+    except ConfigError:
         return None
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
 
 
 def status_table(st: dict[str, Any]) -> list[str]:
     """One line per host: name, role, addresses, and for secondaries the agent's state and counters."""
     lines = [f"{'host':<8} {'role':<9} {'addresses':<26} agent"]
     secondaries = [LabHost(name, int(h["pid"])) for name, h in st["hosts"].items() if h["role"] in ("sc", "ss")]
-    with ThreadPoolExecutor(max_workers=8) as pool:  # one `pdmv2 stats` process per agent
+    with ThreadPoolExecutor(max_workers=8) as pool:
         answers = dict(zip((h.name for h in secondaries), pool.map(agent_stats, secondaries), strict=True))
     for name, h in st["hosts"].items():
         agent = "-"

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lab import control
 from lab import state as labstate
 from lab.control import ControlError, LabHost, kill_namespace_processes
 from lab.topology import Node, Topology
@@ -216,9 +217,8 @@ class LabDaemon:
         return self.run(h, "sh", "-c", f"ss -ltnH 'sport = :{port}' | grep -q LISTEN", check=False).returncode == 0
 
     def agent_stats(self, h: str) -> dict[str, Any] | None:
-        """The agent's `pdmv2 stats --json`, or None while it does not answer."""
-        out = self.run(h, PDMV2, "stats", "--json", "--run", "/run/pdmv2", check=False)
-        return json.loads(out.stdout) if out.returncode == 0 else None
+        """The agent's stats, or None while it does not answer (control.agent_stats)."""
+        return control.agent_stats(self.lab_hosts[h])
 
     def wait_all(self, what: str, hosts: list[str], check: Any, timeout: float) -> None:
         """Poll each host until check(host) is true; a host that passed is not asked again."""
@@ -233,8 +233,10 @@ class LabDaemon:
 
     def register(self, pc: Node, ps: Node) -> None:
         """One organisation: its PS daemon, its PC registers over the WAN, both write their secondaries' keys."""
-        ps_fp = self.run(ps.name, PDMV2, "keygen", "--out", "/etc/pdmv2/ps.key").stdout.strip()
-        pc_fp = self.run(pc.name, PDMV2, "keygen", "--out", "/etc/pdmv2/pc.key").stdout.strip()
+        with ThreadPoolExecutor(max_workers=2) as pool:  # independent processes: side by side
+            ps_key = pool.submit(self.run, ps.name, PDMV2, "keygen", "--out", "/etc/pdmv2/ps.key")
+            pc_key = pool.submit(self.run, pc.name, PDMV2, "keygen", "--out", "/etc/pdmv2/pc.key")
+            ps_fp, pc_fp = ps_key.result().stdout.strip(), pc_key.result().stdout.strip()
         self.state["fingerprints"].update({ps.name: ps_fp, pc.name: pc_fp})
         prefixes = self.topo.site_prefixes(pc.name)
         allow = (
@@ -278,6 +280,9 @@ class LabDaemon:
         ]
         for p in prefixes:
             argv += ["--prefix", str(p)]
+        # One echo first: neighbour discovery along the path is done before the SYN (a SYN that
+        # finds it undone costs TCP's 1 s retransmission, which was most of a small lab's wait).
+        self.run(pc.name, "ping", "-6", "-c", "1", "-W", "2", str(ps.address), check=False)
         out = self.run(pc.name, *argv).stdout.strip()
         self.step(f"registered {pc.name} with {ps.name}: {out}")
         sargv = [
@@ -291,17 +296,23 @@ class LabDaemon:
         ]
         for sc in self.topo.secondaries_of(pc.name):
             sargv += ["--client", str(sc.address)]
-        self.run(pc.name, *sargv)
-        self.run(
-            ps.name,
-            PDMV2,
-            "secrets",
-            "server",
-            "--registrations",
-            f"/var/lib/pdmv2/ps/registrations/{pc.name}.json",
-            "--out",
-            "/var/lib/pdmv2/ps/secondaries/server.json",
-        )
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            done = [
+                pool.submit(self.run, pc.name, *sargv),
+                pool.submit(
+                    self.run,
+                    ps.name,
+                    PDMV2,
+                    "secrets",
+                    "server",
+                    "--registrations",
+                    f"/var/lib/pdmv2/ps/registrations/{pc.name}.json",
+                    "--out",
+                    "/var/lib/pdmv2/ps/secondaries/server.json",
+                ),
+            ]
+            for f in done:
+                f.result()
 
     def inventory(self, primary: Node) -> dict[str, Any]:
         """The Ansible inventory a primary uses for its secondaries (playbooks/inventory.example.yml's shape)."""
@@ -344,19 +355,20 @@ class LabDaemon:
             }
         }
 
-    def push(self, host_keys: dict[str, str]) -> None:
+    def primaries(self) -> list[Node]:
+        return [p for pair in self.topo.pairs() for p in pair]
+
+    def push(self) -> None:
         """Each primary runs playbooks/site.yml (ansible-runner) over SSH to its secondaries, all in parallel."""
-        primaries = [p for pair in self.topo.pairs() for p in pair]
-        self.state["push"] = {
-            p.name: {"hosts": len(self.topo.secondaries_of(p.name)), "done": 0, "status": "starting"} for p in primaries
-        }
-        with ThreadPoolExecutor(max_workers=len(primaries)) as pool:
-            for fut in [pool.submit(self._push_from, p, host_keys) for p in primaries]:
+        with ThreadPoolExecutor(max_workers=len(self.primaries())) as pool:
+            for fut in [pool.submit(self._push_from, p) for p in self.primaries()]:
                 fut.result()
 
-    def _push_from(self, primary: Node, host_keys: dict[str, str]) -> None:
+    def prepare_push(self, primary: Node, host_keys: dict[str, str]) -> None:
+        """The primary's SSH key, trusted by its secondaries; their host keys and the inventory on
+        the primary (independent of the registration: runs beside it)."""
         secondaries = self.topo.secondaries_of(primary.name)
-        progress = self.state["push"][primary.name]
+        self.state["push"][primary.name] = {"hosts": len(secondaries), "done": 0, "status": "starting"}
         self.run(primary.name, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/root/.ssh/id_ed25519")
         pub = self.run(primary.name, "cat", "/root/.ssh/id_ed25519.pub").stdout
         known = "".join(f"{s.address} {host_keys[s.name]}\n" for s in secondaries)
@@ -365,6 +377,10 @@ class LabDaemon:
             self.write(s.name, "/etc/pdmv2/ssh/authorized_keys", pub, "0600")
         self.write(primary.name, INVENTORY, json.dumps(self.inventory(primary)), "0600")
         self.wait_all("sshd", [s.name for s in secondaries], self.listening, timeout=20)
+
+    def _push_from(self, primary: Node) -> None:
+        secondaries = self.topo.secondaries_of(primary.name)
+        progress = self.state["push"][primary.name]
         progress["status"] = "running"
         self.step(f"{primary.name}: ansible (playbooks/site.yml) to {len(secondaries)} secondaries")
         log_path = labstate.LAB_DIR / "logs" / f"{primary.name}-ansible.log"
@@ -408,10 +424,13 @@ class LabDaemon:
         secondaries = [n.name for n in self.topo.nodes if n.role in ("sc", "ss")]
         host_keys = self.start_sshd(secondaries)
         self.step(f"sshd started on {len(host_keys)} secondaries")
-        with ThreadPoolExecutor(max_workers=max(1, len(self.topo.pairs()))) as pool:
-            for fut in [pool.submit(self.register, pc, ps) for pc, ps in self.topo.pairs()]:
+        self.state["push"] = {}
+        with ThreadPoolExecutor(max_workers=len(self.topo.pairs()) + len(self.primaries())) as pool:
+            jobs = [pool.submit(self.register, pc, ps) for pc, ps in self.topo.pairs()]
+            jobs += [pool.submit(self.prepare_push, p, host_keys) for p in self.primaries()]
+            for fut in jobs:
                 fut.result()
-        self.push(host_keys)
+        self.push()
         # Each host the push reported done has its agent answering with its key loaded
         # (pdmv2_agent_wait_keys); any other is asked here.
         if any(p["done"] != p["hosts"] for p in self.state["push"].values()):

@@ -55,6 +55,8 @@ lines); beyond that the ring fills and the C path drops records and counts them,
 measured packets does not spend the CPU the packets need."""
 _POOL_LOW = 2048
 HOLD_NS = 50_000_000
+TICK_S = 0.05  # the control thread's period while records flow
+IDLE_TICK_S = 0.5  # ... and when nothing happened for a while (requests wake it at once)
 PREFETCH_NS = 1_000_000_000
 """How long before a key epoch changes its keys and durable state are prepared."""
 """Longest a packet waits for its key (first packet of a flow or key epoch); then it goes out unmeasured."""
@@ -187,9 +189,10 @@ class NativeLoop:
 
     def _control(self) -> None:
         held = 0
+        idle = TICK_S  # grows while nothing happens: a fleet of idle agents should cost nothing
         while self._running:
             try:
-                ready, _, _ = select.select([self._notify, self._stop_r], [], [], 0.002 if held else 0.05)
+                ready, _, _ = select.select([self._notify, self._stop_r], [], [], 0.002 if held else idle)
                 if self._stop_r in ready:
                     return
                 if self._notify in ready:
@@ -197,12 +200,15 @@ class NativeLoop:
                         os.eventfd_read(self._notify)
                     except BlockingIOError:
                         pass
+                before = (self.keys_installed, self.reservations)
                 self.serve()
                 held = self.dp.release_held(HOLD_NS)
-                self.drain()
+                drained = self.drain()
                 if self.txcal is not None:
                     self.txcal.poll()
                 self._refill()
+                busy = drained or held or self._notify in ready or before != (self.keys_installed, self.reservations)
+                idle = TICK_S if busy else min(idle * 2, IDLE_TICK_S)
             except Exception as exc:  # the control plane must never die; the packet path goes on
                 self.errors += 1
                 log.error("native control: %s: %s", type(exc).__name__, exc)
