@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.results_md import write_section
 from pdmv2 import DEFAULT_SUITE, FiveTuple, Mode, PdmEngine, Suite, client_secret, session_key
 from pdmv2.core.crypto import OptionCipher
 from pdmv2.core.keyring import ClientKeyring, ServerKeyring
@@ -108,6 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"core_us": results, "targets_us": TARGETS_US}, indent=2) + "\n")
+    rows = []
+    for name, value in results.items():
+        target = TARGETS_US.get(name)
+        verdict = "-" if target is None else f"≤ {target:g}: " + ("met" if value <= target else "missed")
+        rows.append(f"| {name} | {value:.2f} | {verdict} |")
+    write_section(
+        "core",
+        "## Core (pure Python engine): µs per operation, median of rounds (`bench/core_bench.py`)\n\n"
+        "| figure | µs | target |\n|---|---:|---|\n" + "\n".join(rows),
+    )
     return 0
 
 

@@ -159,23 +159,6 @@ def test_global_pointer_counts_every_packet_the_kernel_sends(topo: AgentTopo) ->
     assert sent["global"] >= 26 and sent["link_local"] >= 6, sent  # 6 + 20 requests, 6 link-local ones
 
 
-def test_native_path_calibrates_its_transmit_time_on_its_own_packets(topo: AgentTopo, datapath: str) -> None:
-    """The tap (AF_PACKET, outgoing, kernel-stamped) sees the agent's own encrypted packets leave;
-    the native path learns how long after its clock read that is, and adds it to egress times."""
-    if datapath != "native":
-        pytest.skip("the transmit calibration is the native path's")
-    topo.start_agent("a")
-    topo.start_agent("b")
-    echo = topo.tb.spawn(topo.b, PY, APPS, "udp-echo", "5001", "0", stdout=subprocess.PIPE)
-    wait_line(echo, "ready")
-    assert topo.a.cmd(PY, APPS, "udp-client", B, "5001", "30", "20").stdout.strip() == "replies 30"
-    time.sleep(0.3)
-    for name in ("a", "b"):
-        tx = topo.stats(name)["native"]["tx_compensation"]
-        assert tx["on"] and tx["samples"] >= 20, (name, tx)
-        assert 0 < tx["cold_us"] <= 500 and 0 <= tx["warm_us"] <= 500, (name, tx)
-
-
 def test_ready_file_says_the_agent_serves_and_how_many_key_files_it_has(topo: AgentTopo) -> None:
     """What the role's supervisor waits for, without starting a Python process to ask."""
     ready = topo.run_dir("a") / "ready"
