@@ -49,7 +49,7 @@ __all__ = ["NativeLoop", "native_available", "KernelTimestamps"]
 
 log = logging.getLogger("pdmv2.agent")
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_DRAIN_MAX = 1000
+_DRAIN_MAX = 1 << 20  # a drain's default: everything (at stop)
 """Records taken per control tick (50 ms): at most 20 000 a second go through Python (metrics, JSON
 lines); beyond that the ring fills and the C path drops records and counts them, so a flood of
 measured packets does not spend the CPU the packets need."""
@@ -203,7 +203,7 @@ class NativeLoop:
                 before = (self.keys_installed, self.reservations)
                 self.serve()
                 held = self.dp.release_held(HOLD_NS)
-                drained = self.drain()
+                drained = self.drain(max(1, int(self.policy.records_per_s * TICK_S)))
                 if self.txcal is not None:
                     self.txcal.poll()
                 self._refill()

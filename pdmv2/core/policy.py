@@ -13,6 +13,7 @@ YAML, validated before the agent starts; every error names the file, the line an
     on_auth_failure: deliver           # deliver | drop (draft §7)
     mtu: 1500                          # packets that would exceed it go out without the option
     records: true                      # per-packet JSON lines in the run directory
+    records_per_s: 5000                # native path: records Python takes per second; beyond, sampled by flow
     key_epoch_s: 8                     # key epoch length; both ends must agree (docs/protocol.md §8)
     crypto_per_prefix_per_s: 200       # key derivations / failed opens a peer /64 may cause per second
     crypto_total_per_s: 2000           # the same for all peers together
@@ -52,6 +53,7 @@ _KEYS = {
     "on_auth_failure",
     "mtu",
     "records",
+    "records_per_s",
     "grace_ms",
     "key_epoch_s",
     "crypto_per_prefix_per_s",
@@ -89,6 +91,9 @@ class Policy:
     """Largest packet the agent makes."""
     records: bool = True
     """Write per-packet JSON lines."""
+    records_per_s: int = 5000
+    """Native path: records the Python side takes per second (metrics, stats, JSON lines); beyond
+    that the ring samples whole flows, so Python's CPU stays off the packets' cores under a flood."""
     grace_ms: int = 2000
     """How long the previous key of a peer stays usable after it rotates."""
     key_epoch_s: int = 8
@@ -214,6 +219,7 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         on_auth_failure=on_fail,
         mtu=_int(doc, "mtu", 1280, 65535, d.mtu, source),
         records=records,
+        records_per_s=_int(doc, "records_per_s", 100, 1_000_000, d.records_per_s, source),
         grace_ms=_int(doc, "grace_ms", 0, 3_600_000, d.grace_ms, source),
         key_epoch_s=_int(doc, "key_epoch_s", 1, 3600, d.key_epoch_s, source),
         crypto_per_prefix_per_s=_int(doc, "crypto_per_prefix_per_s", 1, 1_000_000, d.crypto_per_prefix_per_s, source),
