@@ -39,11 +39,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_md import write_section
-from lab.netns import Host, Testbed, start_agent, write_agent_config
+from lab.netns import ROUTED_A, ROUTED_B, Host, Testbed, start_agent, write_agent_config
 from pdmv2.agent.daemon import query
 
-A, B = "2001:db8:1::10", "2001:db8:2::20"
-MA, MB = "2001:db8:1::1", "2001:db8:2::1"
+A, B = ROUTED_A, ROUTED_B
 F1, F2 = "2001:db8:5::10", "2001:db8:6::10"
 FLOOD_MBPS = 100
 # (label, --datapath, --kernel-timestamps, --tx-calibration); datapath None: no agents
@@ -320,24 +319,20 @@ def run(datapaths: list[str], quick: bool, floods: tuple[bool, ...]) -> dict[str
     results: dict[str, Any] = {}
     with Testbed("pdmacc") as tb, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        hosts = {n: tb.add_host(n) for n in ("a", "m", "b", "f1", "f2")}
-        a, m, b, f1, f2 = (hosts[n] for n in ("a", "m", "b", "f1", "f2"))
-        tb.link(a, "eth0", m, "eth0")
-        tb.link(m, "eth1", b, "eth0")
+        a, m, b = tb.routed_pair()
+        f1, f2 = tb.add_host("f1"), tb.add_host("f2")  # the flood's ends, on two more ports of m
+        hosts = {"a": a, "m": m, "b": b, "f1": f1, "f2": f2}
         tb.link(f1, "eth0", m, "eth2")
         tb.link(m, "eth3", f2, "eth0")
         for h, dev, addr in (
-            (a, "eth0", A), (m, "eth0", MA), (m, "eth1", MB), (b, "eth0", B),
-            (f1, "eth0", F1), (m, "eth2", "2001:db8:5::1"), (m, "eth3", "2001:db8:6::1"), (f2, "eth0", F2),
-        ):  # fmt: skip
+            (f1, "eth0", F1),
+            (m, "eth2", "2001:db8:5::1"),
+            (m, "eth3", "2001:db8:6::1"),
+            (f2, "eth0", F2),
+        ):
             tb.address(h, dev, f"{addr}/64")
-        m.cmd("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-        for h in (a, m, b, f1, f2):
-            tb.wait_link_local(h, "eth0")
-        for dev in ("eth1", "eth2", "eth3"):
-            tb.wait_link_local(m, dev)
-        a.cmd("ip", "-6", "route", "add", "2001:db8:2::/64", "via", MA)
-        b.cmd("ip", "-6", "route", "add", "2001:db8:1::/64", "via", MB)
+        for h, dev in ((f1, "eth0"), (f2, "eth0"), (m, "eth2"), (m, "eth3")):
+            tb.wait_link_local(h, dev)
         f1.cmd("ip", "-6", "route", "add", "2001:db8:6::/64", "via", "2001:db8:5::1")
         f2.cmd("ip", "-6", "route", "add", "2001:db8:5::/64", "via", "2001:db8:6::1")
         server = tb.spawn(b, PY, "-c", SERVER, str(PORT), str(DELAY_MS), stdout=subprocess.PIPE)

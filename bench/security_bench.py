@@ -31,10 +31,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_md import write_section
-from lab.netns import Host, Testbed, require_root, start_agent, write_agent_config
+from lab.netns import ROUTED_A, ROUTED_B, Host, Testbed, require_root, start_agent, write_agent_config
 from pdmv2.agent.daemon import query
 
-A, B = "2001:db8:1::10", "2001:db8:2::20"
+A, B = ROUTED_A, ROUTED_B
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 FLOOD = str(ROOT / "lab" / "flood.py")
@@ -87,18 +87,7 @@ def pct(values: list[float], p: float) -> float:
 class Lab:
     def __init__(self, tb: Testbed, root: Path) -> None:
         self.tb, self.root = tb, root
-        self.a, self.m, self.b = (tb.add_host(n) for n in ("a", "m", "b"))
-        tb.link(self.a, "eth0", self.m, "eth0")
-        tb.link(self.m, "eth1", self.b, "eth0")
-        tb.address(self.a, "eth0", f"{A}/64")
-        tb.address(self.m, "eth0", "2001:db8:1::1/64")
-        tb.address(self.m, "eth1", "2001:db8:2::1/64")
-        tb.address(self.b, "eth0", f"{B}/64")
-        self.m.cmd("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-        self.a.cmd("ip", "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:1::1")
-        self.b.cmd("ip", "-6", "route", "add", "2001:db8::/32", "via", "2001:db8:2::1")
-        for host, dev in ((self.a, "eth0"), (self.m, "eth0"), (self.m, "eth1"), (self.b, "eth0")):
-            tb.wait_link_local(host, dev)
+        self.a, self.m, self.b = tb.routed_pair()
         self.agents: dict[str, subprocess.Popen[str]] = {}
 
     def start(self, run: str, extra: str) -> None:

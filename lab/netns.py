@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Testbed", "Host", "require_root"]
+__all__ = ["Testbed", "Host", "require_root", "ROUTED_A", "ROUTED_B", "ROUTER_A", "ROUTER_B"]
+
+ROUTED_A, ROUTED_B = "2001:db8:1::10", "2001:db8:2::20"
+"""The end hosts of Testbed.routed_pair."""
+ROUTER_A, ROUTER_B = "2001:db8:1::1", "2001:db8:2::1"
+"""Its router's addresses on each side."""
 
 
 def require_root() -> None:
@@ -113,6 +118,24 @@ class Testbed:
                 return out.split()[3].split("/")[0]
             time.sleep(0.05)
         raise TimeoutError(f"{host.name}/{dev}: no link-local address")
+
+    def routed_pair(self) -> tuple[Host, Host, Host]:
+        """(a, m, b): a (ROUTED_A in 2001:db8:1::/64) — m (router, eth0 toward a, eth1 toward b)
+        — b (ROUTED_B in 2001:db8:2::/64); b reaches all of 2001:db8::/32 through m.  The agent
+        tests, the accuracy and the security benchmarks all measure on this one."""
+        a, m, b = (self.add_host(n) for n in ("a", "m", "b"))
+        self.link(a, "eth0", m, "eth0")
+        self.link(m, "eth1", b, "eth0")
+        self.address(a, "eth0", f"{ROUTED_A}/64")
+        self.address(m, "eth0", f"{ROUTER_A}/64")
+        self.address(m, "eth1", f"{ROUTER_B}/64")
+        self.address(b, "eth0", f"{ROUTED_B}/64")
+        m.cmd("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        a.cmd("ip", "-6", "route", "add", "2001:db8:2::/64", "via", ROUTER_A)
+        b.cmd("ip", "-6", "route", "add", "2001:db8::/32", "via", ROUTER_B)
+        for host, dev in ((a, "eth0"), (m, "eth0"), (m, "eth1"), (b, "eth0")):
+            self.wait_link_local(host, dev)
+        return a, m, b
 
     def spawn(self, host: Host, *args: str, **kw: object) -> subprocess.Popen[str]:
         """Start a process in ``host``; it is killed on close."""

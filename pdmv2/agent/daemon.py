@@ -117,9 +117,22 @@ DEFAULT_RUN_DIR = Path("/run/pdmv2")
 DEFAULT_STATE_DIR = Path("/var/lib/pdmv2/agent")
 
 
-def wall_offset_ns() -> int:
-    """Wall clock minus the monotonic clock: the engine's key epochs follow the wall clock."""
-    return time.time_ns() - time.monotonic_ns()
+def wall_offset_ns(tries: int = 5) -> int:
+    """Wall clock minus the monotonic clock: key epochs follow the wall clock, and the kernel's
+    receive timestamps (wall clock) become monotonic times with it.
+
+    Each try brackets one wall-clock read between two monotonic reads; the tightest bracket wins.
+    A single pair of reads is off by however long the thread was preempted between them (ms under
+    a flood), and that error would sit in every kernel timestamp for the next second.
+    """
+    best_gap, best = -1, 0
+    for _ in range(tries):
+        m1 = time.monotonic_ns()
+        wall = time.time_ns()
+        m2 = time.monotonic_ns()
+        if best_gap < 0 or m2 - m1 < best_gap:
+            best_gap, best = m2 - m1, wall - (m1 + m2) // 2
+    return best
 
 
 _GUARD_READ_EVERY_S = 2.0

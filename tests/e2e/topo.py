@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from lab import tcpdump
-from lab.netns import Host, Testbed, start_agent, write_agent_config
+from lab.netns import ROUTED_A, ROUTED_B, Host, Testbed, start_agent, write_agent_config
 from pdmv2.core.prseq import PRSEQ_PERIOD
 
-A, B = "2001:db8:1::10", "2001:db8:2::20"
+A, B = ROUTED_A, ROUTED_B
 SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
 PY = sys.executable
 
@@ -41,18 +41,7 @@ class AgentTopo:
         self.tmp = tmp
         self.tb = Testbed("pdme2e")
         try:
-            self.a, self.m, self.b = (self.tb.add_host(n) for n in ("a", "m", "b"))
-            self.tb.link(self.a, "eth0", self.m, "eth0")
-            self.tb.link(self.m, "eth1", self.b, "eth0")
-            self.tb.address(self.a, "eth0", f"{A}/64")
-            self.tb.address(self.m, "eth0", "2001:db8:1::1/64")
-            self.tb.address(self.m, "eth1", "2001:db8:2::1/64")
-            self.tb.address(self.b, "eth0", f"{B}/64")
-            self.m.cmd("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-            self.a.cmd("ip", "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:1::1")
-            self.b.cmd("ip", "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:2::1")
-            for host, dev in ((self.a, "eth0"), (self.m, "eth0"), (self.m, "eth1"), (self.b, "eth0")):
-                self.tb.wait_link_local(host, dev)
+            self.a, self.m, self.b = self.tb.routed_pair()
             self.write_config("a", rotate)
             self.write_config("b", rotate)
             self.agents: dict[str, subprocess.Popen[str]] = {}
