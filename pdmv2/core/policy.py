@@ -14,6 +14,7 @@ YAML, validated before the agent starts; every error names the file, the line an
     mtu: 1500                          # packets that would exceed it go out without the option
     records: true                      # per-packet JSON lines in the run directory
     records_per_s: 5000                # native path: records Python takes per second; beyond, sampled by flow
+    grace_ms: 2000                     # a peer's previous key stays usable this long after it rotates
     key_epoch_s: 8                     # key epoch length; both ends must agree (docs/protocol.md §8)
     crypto_per_prefix_per_s: 200       # key derivations / failed opens a peer /64 may cause per second
     crypto_total_per_s: 2000           # the same for all peers together

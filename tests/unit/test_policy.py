@@ -75,3 +75,17 @@ def test_global_pointer_scope_is_one_of_two_words() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_policy("version: 1\nglobal_pointer: pdm-only\n", "p.yaml")
     assert "global_pointer" in str(exc.value.field) and "all-packets" in str(exc.value)
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    """docs/agent.md's Policy table lists each setting with the default the code has."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
+    defaults = parse_policy("version: 1\n")
+    for f in dataclasses.fields(Policy):
+        if f.name == "rules":
+            continue
+        value = getattr(defaults, f.name)
+        shown = value.value if isinstance(value, Mode) else str(value).lower() if isinstance(value, bool) else value
+        assert f"| `{f.name}` | `{shown}` |" in doc or f"| `{f.name}` | {shown} |" in doc, f.name
