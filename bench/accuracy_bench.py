@@ -39,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_md import write_section
-from lab.netns import ROUTED_A, ROUTED_B, Host, Testbed, start_agent, write_agent_config
+from lab.netns import ROUTED_A, ROUTED_B, Host, Testbed, start_agent, write_pair_config
 from pdmv2.agent.daemon import query
 
 A, B = ROUTED_A, ROUTED_B
@@ -55,7 +55,6 @@ RUNS = (
 )
 PY = sys.executable
 HERE = Path(__file__).resolve().parent
-SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
 PORT = 7001
 DELAY_MS = 5.0
 
@@ -160,16 +159,7 @@ def agent_config(root: Path, name: str) -> Path:
         "version: 1\ndefault: off\nrecords: true\nqueue_per_prefix_pps: 0\n"
         "rules:\n  - prefix: 2001:db8::/32\n    mode: pdmv2-encrypted\n"
     )
-    return write_agent_config(
-        root / name,
-        side="client" if name == "a" else "server",
-        policy=policy,
-        client_addr=A,
-        client_prefix="2001:db8:1::/64",
-        shared_secret=SHARED,
-        salt=SALT,
-        registration_id="bench",
-    )
+    return write_pair_config(root / name, name, policy, registration_id="bench")
 
 
 def reported(records: Path) -> tuple[list[int], list[tuple[int, float, float]]]:

@@ -25,13 +25,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_md import write_section
-from lab.netns import Host, Testbed, start_agent, write_agent_config
+from lab.netns import Host, Testbed, start_agent, write_pair_config
 from pdmv2.agent.daemon import query
 
 A, B = "2001:db8:1::10", "2001:db8:2::20"
 PY = sys.executable
 HERE = Path(__file__).resolve().parent
-SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
 SETUPS = (
     ("pdmv2-clear", "agent_clear", "python"),
     ("pdmv2-encrypted", "agent_encrypted", "python"),
@@ -63,16 +62,7 @@ def agent_config(root: Path, name: str, mode: str) -> Path:
         "version: 1\ndefault: off\nrecords: true\nqueue_per_prefix_pps: 0\n"
         f"rules:\n  - prefix: 2001:db8::/32\n    mode: {mode}\n"
     )
-    return write_agent_config(
-        root / name,
-        side="client" if name == "a" else "server",
-        policy=policy,
-        client_addr=A,
-        client_prefix="2001:db8:1::/64",
-        shared_secret=SHARED,
-        salt=SALT,
-        registration_id="bench",
-    )
+    return write_pair_config(root / name, name, policy, registration_id="bench")
 
 
 def accept_rules(host: Host, chain: str, queue: int, add: bool) -> None:

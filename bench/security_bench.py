@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_md import write_section
-from lab.netns import ROUTED_A, ROUTED_B, Host, Testbed, require_root, start_agent, write_agent_config
+from lab.netns import ROUTED_A, ROUTED_B, Host, Testbed, require_root, start_agent, write_pair_config
 from pdmv2.agent.daemon import query
 
 A, B = ROUTED_A, ROUTED_B
@@ -39,7 +39,6 @@ PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 FLOOD = str(ROOT / "lab" / "flood.py")
 APPS = str(ROOT / "lab" / "servers.py")
-SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
 
 
 def say(msg: str) -> None:
@@ -54,17 +53,8 @@ def policy(extra: str) -> str:
 
 
 def configure(root: Path, extra: str) -> None:
-    for name, side in (("a", "client"), ("b", "server")):
-        write_agent_config(
-            root / name,
-            side=side,
-            policy=policy(extra),
-            client_addr=A,
-            client_prefix="2001:db8::/32",
-            shared_secret=SHARED,
-            salt=SALT,
-            registration_id="bench",
-        )
+    for name in ("a", "b"):
+        write_pair_config(root / name, name, policy(extra), client_prefix="2001:db8::/32", registration_id="bench")
 
 
 def rss_kib(pid: int) -> int:

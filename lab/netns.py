@@ -16,12 +16,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Testbed", "Host", "require_root", "ROUTED_A", "ROUTED_B", "ROUTER_A", "ROUTER_B"]
+__all__ = [
+    "Testbed",
+    "Host",
+    "require_root",
+    "ROUTED_A",
+    "ROUTED_B",
+    "ROUTER_A",
+    "ROUTER_B",
+    "PAIR_SHARED",
+    "PAIR_SALT",
+    "write_agent_config",
+    "write_pair_config",
+    "start_agent",
+]
 
 ROUTED_A, ROUTED_B = "2001:db8:1::10", "2001:db8:2::20"
 """The end hosts of Testbed.routed_pair."""
 ROUTER_A, ROUTER_B = "2001:db8:1::1", "2001:db8:2::1"
 """Its router's addresses on each side."""
+PAIR_SHARED, PAIR_SALT = bytes(range(1, 33)), bytes(range(64, 96))
+"""The one SharedSecret and salt the pair's keys come from (no registration: tests and benchmarks)."""
 
 
 def require_root() -> None:
@@ -249,3 +264,20 @@ def start_agent(tb: Testbed, host: Host, conf: Path, run: Path, *extra: str, log
             raise RuntimeError(f"agent in {host.name} exited with {proc.returncode}")
         time.sleep(0.05)
     raise TimeoutError(f"agent in {host.name} not ready within 15 s")
+
+
+def write_pair_config(
+    conf: Path, host: str, policy: str, *, client_prefix: str = "2001:db8:1::/64", registration_id: str = "pair"
+) -> Path:
+    """write_agent_config for host "a" (the client, ROUTED_A) or "b" (the server, keys for
+    ``client_prefix``) of a routed pair, from PAIR_SHARED and PAIR_SALT."""
+    return write_agent_config(
+        conf,
+        side="client" if host == "a" else "server",
+        policy=policy,
+        client_addr=ROUTED_A,
+        client_prefix=client_prefix,
+        shared_secret=PAIR_SHARED,
+        salt=PAIR_SALT,
+        registration_id=registration_id,
+    )

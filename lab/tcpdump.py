@@ -30,7 +30,7 @@ _DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
 
 
 class CaptureError(Exception):
-    """tcpdump did not start."""
+    """tcpdump did not start, or a capture that had to be complete dropped packets."""
 
 
 @dataclass
@@ -40,7 +40,9 @@ class Capture:
     proc: subprocess.Popen[str]
     where: str
 
-    def stop(self, settle_s: float = 0.2) -> int:
+    def stop(self, settle_s: float = 0.2, *, complete: bool = False) -> int:
+        """End tcpdump; with ``complete``, a capture that dropped packets raises CaptureError
+        (a test's truth must be whole: a dropped packet looks like a gap in the network)."""
         time.sleep(settle_s)  # the last packets reach the ring
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -50,7 +52,10 @@ class Capture:
             self.proc.kill()
             _, err = self.proc.communicate(timeout=5)
         m = _DROPPED.search(err or "")
-        return int(m.group(1)) if m else 0
+        dropped = int(m.group(1)) if m else 0
+        if complete and dropped:
+            raise CaptureError(f"{self.where}: tcpdump dropped {dropped} packets (the capture, not the network)")
+        return dropped
 
     def terminate(self) -> None:
         """Stop without reading the counts (cleanup paths)."""

@@ -178,7 +178,7 @@ class NativeLoop:
         os.write(self._stop_w, b"x")
         for t in self._threads:
             t.join(timeout=2.0)
-        self.drain(1 << 20)
+        self.drain()  # everything left
         self.dp.unbind_queue()
         if self.txcal is not None:
             self.txcal.close()

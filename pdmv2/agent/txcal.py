@@ -155,9 +155,7 @@ class TxCalibrator:
         for _ in range(limit):
             try:
                 pkt, anc, _flags, _addr = self.sock.recvmsg(SNAP, socket.CMSG_SPACE(16))
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+            except OSError:  # nothing more to read now (BlockingIOError), or the socket failed
                 break
             tap_ns = _stamp(anc)
             got = parse_tap(pkt)

@@ -69,7 +69,7 @@ def test_ping_udp_tcp_carry_the_option_and_decode(topo: AgentTopo, datapath: str
     src = topo.a.cmd(PY, APPS, "tcp-source", B, "5002", "2")  # 2 MB: full-size segments need the MSS clamp
     assert sink.stdout is not None
     assert sink.stdout.readline().strip() == src.stdout.strip()
-    topo.stop_capture(cap)
+    cap.stop(complete=True)
 
     opts = decode(topo, pcap)
     assert opts and all(o.format == "pdmv2-encrypted" and o.status == "opened" for o in opts)
@@ -110,7 +110,7 @@ def test_link_local_is_clear_and_global_pointers_are_separate(topo: AgentTopo) -
     for _ in range(3):  # interleave link-local and global traffic
         topo.a.cmd("ping", "-6", "-c", "1", f"{ll}%eth0")
         topo.a.cmd("ping", "-6", "-c", "1", B)
-    topo.stop_capture(cap)
+    cap.stop(complete=True)
     opts = [o for o in decode(topo, pcap) if o.src in (A,) or o.src.startswith("fe80")]
     clear = [o for o in opts if o.src.startswith("fe80")]
     enc = [o for o in opts if o.src == A]
@@ -300,7 +300,7 @@ def test_sighup_reloads_without_losing_flow_state(topo: AgentTopo) -> None:
     agent_a.send_signal(signal.SIGHUP)
     time.sleep(0.3)
     topo.a.cmd("ping", "-6", "-c", "2", "-i", "0.2", "-p", "01", B)
-    topo.stop_capture(cap)
+    cap.stop(complete=True)
     seq = [o.psntp for o in decode(topo, pcap) if o.src == A and o.proto == 58]
     assert len(seq) == 4 and consecutive(seq)
     assert "reloaded" in (topo.tmp / "agent-a.log").read_text()

@@ -12,10 +12,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lab.netns import write_agent_config
 from pdmv2.capture import decode_capture
 from pdmv2.core.prseq import PRSEQ_PERIOD
-from tests.e2e.topo import POLICY, PY, SALT, SHARED, A, AgentTopo, B
+from tests.e2e.topo import PY, A, AgentTopo, B
 
 EPOCH_S = 2
 APPS = str(Path(__file__).resolve().parent.parent.parent / "lab" / "servers.py")
@@ -46,7 +45,7 @@ def test_no_nonce_is_reused_across_sigterm_and_kill_9(topo: AgentTopo) -> None:
             topo.agents.pop("a")
         else:
             assert topo.stop_agent("a") == 0
-    topo.stop_capture(cap)
+    cap.stop(complete=True)
     mine = opened_from(topo, pcap, A)
     assert len(mine) >= 6 * 25, len(mine)
     # Every option a sent opened (no replay verdict from the offline reader either) ...
@@ -99,7 +98,7 @@ def test_replays_after_a_restart_are_not_read(topo: AgentTopo) -> None:
     pcap = topo.tmp / "genuine.pcap"
     cap = topo.capture("m", "eth0", pcap)
     topo.a.cmd("ping", "-6", "-c", "30", "-i", "0.02", B)
-    topo.stop_capture(cap)
+    cap.stop(complete=True)
     assert topo.stop_agent("a") == 0  # a is quiet from now on: whatever b reads is a replay
     assert topo.stop_agent("b") == 0
     topo.start_agent("b")
@@ -149,16 +148,7 @@ FLOOD = str(Path(__file__).resolve().parent.parent.parent / "lab" / "flood.py")
 def test_a_forged_flood_from_one_prefix_leaves_a_legitimate_flow_measured(topo: AgentTopo) -> None:
     # b holds keys for the whole lab, so every forged option from 2001:db8:66::/64 costs key
     # derivations: the expensive case.
-    write_agent_config(
-        topo.tmp / "b" / "config",
-        side="server",
-        policy=POLICY.format(rotate=PRSEQ_PERIOD),
-        client_addr=A,
-        client_prefix="2001:db8::/32",
-        shared_secret=SHARED,
-        salt=SALT,
-        registration_id="e2e",
-    )
+    topo.write_config("b", PRSEQ_PERIOD, client_prefix="2001:db8::/32")
     topo.start_agent("a")
     topo.start_agent("b")
     topo.a.cmd("ping", "-6", "-c", "3", "-i", "0.05", B)  # the flow is established before the flood

@@ -4,82 +4,45 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab import control, tcpdump
 from lab import state as labstate
 from pdmv2.capture import decode_capture
 from pdmv2.core.keyring import dump_client_key_file, parse_key_file
 from pdmv2.regstore import write_secret_file
 from tests.e2e import sent_truth
+from tests.e2e.labtest import (
+    PY,
+    capture,
+    in_host,
+    keys_of,
+    lab,
+    lab_up,
+    skip_unless_a_lab_can_start,
+    stats,
+)
 
-PY = sys.executable
-PDMV2 = str(Path(PY).parent / "pdmv2")
-REPO = Path(__file__).resolve().parent.parent.parent
 SC1, SC2, SS1 = "2001:db8:1::11", "2001:db8:1::12", "2001:db8:2::21"
-
-
-def lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "lab", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
-    )
-
-
-def in_host(host: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return control.host(host).run(*argv, timeout=timeout)
-
-
-def stats(host: str) -> dict:
-    return json.loads(in_host(host, PDMV2, "stats", "--json", "--run", "/run/pdmv2").stdout)
 
 
 @pytest.fixture(scope="module")
 def up() -> Iterator[dict]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    skip_unless_a_lab_can_start()
     try:
-        import mininet.net  # noqa: F401
-    except ImportError:
-        pytest.skip("mininet not installed (make deps)")
-    if labstate.load() is not None:
-        pytest.skip("a lab is already up on this machine; not touching it")
-    try:
-        run = lab("up", "--topo", "enterprise", "--rotate", "16")
-        assert run.returncode == 0, run.stdout + run.stderr
-        yield labstate.load() or {}
-    finally:
-        down = lab("down")
-        assert down.returncode == 0, down.stderr
-        # lab-down leaves nothing behind
+        with lab_up("--topo", "enterprise", "--rotate", "16") as state:
+            yield state
+    finally:  # lab-down leaves nothing behind
         assert labstate.load() is None and not labstate.LAB_DIR.exists()
         links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
         assert "pdmlan" not in links and "pdmwan" not in links
         assert (
             "mininet:" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
         )
-
-
-def capture(host: str, path: Path) -> tcpdump.Capture:
-    return control.host(host).capture(path, snaplen=tcpdump.HEADERS_SNAPLEN)
-
-
-def stop(cap: tcpdump.Capture) -> None:
-    assert cap.stop(settle_s=0.3) == 0, f"{cap.where}: the capture dropped packets"
-
-
-def keys_of(host: str, tmp: Path) -> Path:
-    d = tmp / f"keys-{host}"
-    d.mkdir(mode=0o700)
-    for name in in_host(host, "ls", "/etc/pdmv2/keys").stdout.split():
-        write_secret_file(d / name, in_host(host, "cat", f"/etc/pdmv2/keys/{name}").stdout)
-    return d
 
 
 def test_lab_is_ready_ipv6_only_and_root_has_no_lab_address(up: dict) -> None:
@@ -108,7 +71,7 @@ def test_global_pointer_separation(up: dict, tmp_path: Path) -> None:
     for _ in range(3):
         in_host("sc1", "ping", "-6", "-c", "1", f"{ll}%eth0")
         in_host("sc1", "ping", "-6", "-c", "1", SS1)
-    stop(cap)
+    cap.stop(0.3, complete=True)
     sent = sent_truth.check(before, sent_truth.snapshot(run, lambda: stats("sc1")["global_pointer"]))
     assert sent["link_local"] >= 3 and sent["global"] >= 3
     opts = decode_capture(pcap, keys_of("ss1", tmp_path)).options
@@ -126,7 +89,7 @@ def test_observer_sees_only_ciphertext_and_sc2_cannot_open_sc1(up: dict, tmp_pat
     pcap = tmp_path / "wan.pcap"
     cap = capture("obs", pcap)
     assert in_host("sc1", "ping", "-6", "-c", "5", "-i", "0.2", SS1).returncode == 0
-    stop(cap)
+    cap.stop(0.3, complete=True)
     blind = [o for o in decode_capture(pcap, None).options if SC1 in (o.src, o.dst)]
     assert len(blind) == 10 and all(o.status == "encrypted" and o.psntp is None for o in blind)
     opened = [o for o in decode_capture(pcap, keys_of("ss1", tmp_path)).options if SC1 in (o.src, o.dst)]

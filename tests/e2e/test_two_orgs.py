@@ -5,70 +5,34 @@ sees only ciphertext."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab import control, tcpdump
+from lab import control
 from lab import state as labstate
 from pdmv2.capture import decode_capture
-from pdmv2.regstore import write_secret_file
+from tests.e2e.labtest import capture, keys_of, lab, lab_up, skip_unless_a_lab_can_start, stats
 
-PY = sys.executable
-PDMV2 = control.PDMV2
-REPO = Path(__file__).resolve().parent.parent.parent
 SCA1, SSA1 = "2001:db8:a1::11", "2001:db8:a2::11"
 SCB1, SSB1 = "2001:db8:b1::11", "2001:db8:b2::11"
 
 
-def lab(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "lab", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
-    )
-
-
-def stats(host: str) -> dict:
-    return json.loads(control.host(host).run(PDMV2, "stats", "--json", "--run", "/run/pdmv2").stdout)
-
-
 @pytest.fixture(scope="module")
 def up() -> Iterator[dict]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    skip_unless_a_lab_can_start()
     try:
-        import mininet.net  # noqa: F401
-    except ImportError:
-        pytest.skip("mininet not installed (make deps)")
-    if labstate.load() is not None:
-        pytest.skip("a lab is already up on this machine; not touching it")
-    try:
-        run = lab("up", "--topo", "two-orgs")
-        assert run.returncode == 0, run.stdout + run.stderr
-        yield labstate.load() or {}
+        with lab_up("--topo", "two-orgs", timeout=400) as state:
+            yield state
     finally:
-        down = lab("down")
-        assert down.returncode == 0, down.stderr
         assert labstate.load() is None
-
-
-def keys_of(host: str, tmp: Path) -> Path:
-    d = tmp / f"keys-{host}"
-    d.mkdir(mode=0o700)
-    h = control.host(host)
-    for name in h.run("ls", "/etc/pdmv2/keys").stdout.split():
-        write_secret_file(d / name, h.run("cat", f"/etc/pdmv2/keys/{name}").stdout)
-    return d
 
 
 def wan_capture(tmp: Path, *pings: tuple[str, str]) -> Path:
     """The observer's capture of the WAN while each (host, destination) pings 4 times."""
     pcap = tmp / "wan.pcap"
-    cap = control.host("obs").capture(pcap, snaplen=tcpdump.HEADERS_SNAPLEN)
+    cap = capture("obs", pcap)
     try:
         for host, dst in pings:
             assert control.host(host).run("ping", "-6", "-c", "4", "-i", "0.2", dst).returncode == 0, (host, dst)

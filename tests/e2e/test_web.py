@@ -11,7 +11,6 @@ import queue
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,40 +21,20 @@ from typing import Any
 import pytest
 
 from lab import control
-from lab import state as labstate
+from tests.e2e.labtest import PY, REPO, lab, lab_up, skip_unless_a_lab_can_start
 
-PY = sys.executable
-REPO = Path(__file__).resolve().parent.parent.parent
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-def lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "lab", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
-    )
 
 
 @pytest.fixture(scope="module")
 def minimal_lab() -> Iterator[dict[str, Any]]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    try:
-        import mininet.net  # noqa: F401
-    except ImportError:
-        pytest.skip("mininet not installed (make deps)")
+    skip_unless_a_lab_can_start()
     for path in (CHROMIUM, CHROMEDRIVER):
         assert os.access(path, os.X_OK), f"{path} missing: `make deps` installs chromium and chromium-driver"
-    if labstate.load() is not None:
-        pytest.skip("a lab is already up on this machine; not touching it")
     no_lab = lab("web", "--port", "0", timeout=60)
     assert no_lab.returncode == 2 and "no lab is up" in no_lab.stderr, no_lab.stderr
-    try:
-        run = lab("up", "--topo", "minimal")
-        assert run.returncode == 0, run.stdout + run.stderr
-        yield labstate.load() or {}
-    finally:
-        down = lab("down")
-        assert down.returncode == 0, down.stderr
+    with lab_up("--topo", "minimal") as state:
+        yield state
 
 
 @pytest.fixture

@@ -8,13 +8,10 @@ written by ``pdmv2 decode --write``.  Hold the namespace lock:
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from pdmv2.capture import write_decrypted
 from tests.e2e.test_agent import APPS, wait_line
@@ -42,7 +39,7 @@ def _traffic(topo: AgentTopo) -> Path:
     sink = topo.tb.spawn(topo.b, PY, APPS, "tcp-sink", "5002", stdout=subprocess.PIPE)
     wait_line(sink, "ready")
     topo.a.cmd(PY, APPS, "tcp-source", B, "5002", "0.2")
-    topo.stop_capture(cap)
+    cap.stop(complete=True)
     return pcap
 
 
@@ -134,18 +131,12 @@ def test_decrypted_copy_shows_the_same_fields_in_the_clear(topo: AgentTopo) -> N
 
 def test_lab_capture_and_its_decrypted_copy_equal_pdmv2_decode(tmp_path: Path) -> None:
     """The same comparison on a capture made in the Mininet lab (minimal topology), on sc1's link."""
-    from lab import state as labstate
-    from tests.e2e.test_lab import capture, in_host, keys_of, lab, stats, stop
+    from tests.e2e.labtest import capture, in_host, keys_of, lab_up, skip_unless_a_lab_can_start, stats
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if labstate.load() is not None:
-        pytest.skip("a lab is already up on this machine; not touching it")
+    skip_unless_a_lab_can_start()
     tshark()
     sc1, ss1 = "2001:db8:1::10", "2001:db8:2::10"
-    try:
-        run = lab("up", "--topo", "minimal")
-        assert run.returncode == 0, run.stdout + run.stderr
+    with lab_up("--topo", "minimal"):
         pc_ll = in_host("pc", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout.split()[3]
         pc_ll = pc_ll.split("/")[0]
         deadline = time.monotonic() + 30  # a fresh agent may wait for its next key epoch (docs/protocol.md §8)
@@ -158,7 +149,7 @@ def test_lab_capture_and_its_decrypted_copy_equal_pdmv2_decode(tmp_path: Path) -
         for _ in range(3):
             in_host("sc1", "ping", "-6", "-c", "1", f"{pc_ll}%eth0")
         assert in_host("sc1", "ping", "-6", "-c", "5", "-i", "0.2", ss1).returncode == 0
-        stop(cap)
+        cap.stop(0.3, complete=True)
         keys = keys_of("ss1", tmp_path)
         decoded = decode_json(pcap, keys)["options"]
         mine = [o for o in decoded if o["src"] == sc1 or o["dst"] == sc1 or o["dst"] == pc_ll]
@@ -177,6 +168,3 @@ def test_lab_capture_and_its_decrypted_copy_equal_pdmv2_decode(tmp_path: Path) -
                 assert "decrypted" in row["frame.comment"] and row["icmpv6.checksum.status"] == "1"
             else:
                 assert_row_matches(row, opt)
-    finally:
-        down = lab("down")
-        assert down.returncode == 0, down.stderr

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 from lab import tcpdump
-from lab.netns import ROUTED_A, ROUTED_B, Host, Testbed, start_agent, write_agent_config
+from lab.netns import PAIR_SALT, PAIR_SHARED, ROUTED_A, ROUTED_B, Host, Testbed, start_agent, write_pair_config
 from pdmv2.core.prseq import PRSEQ_PERIOD
 
 A, B = ROUTED_A, ROUTED_B
-SHARED, SALT = bytes(range(1, 33)), bytes(range(64, 96))
+SHARED, SALT = PAIR_SHARED, PAIR_SALT
 PY = sys.executable
 
 POLICY = """version: 1
@@ -49,15 +49,12 @@ class AgentTopo:
             self.tb.close()
             raise
 
-    def write_config(self, name: str, rotate: int) -> None:
-        write_agent_config(
+    def write_config(self, name: str, rotate: int, client_prefix: str = "2001:db8:1::/64") -> None:
+        write_pair_config(
             self.tmp / name / "config",
-            side="client" if name == "a" else "server",
-            policy=POLICY.format(rotate=rotate),
-            client_addr=A,
-            client_prefix="2001:db8:1::/64",
-            shared_secret=SHARED,
-            salt=SALT,
+            name,
+            POLICY.format(rotate=rotate),
+            client_prefix=client_prefix,
             registration_id="e2e",
         )
 
@@ -100,12 +97,6 @@ class AgentTopo:
         cap = tcpdump.start(self.host(name).popen, name, dev, path, snaplen)
         self.tb.adopt(cap.proc)
         return cap
-
-    @staticmethod
-    def stop_capture(cap: tcpdump.Capture) -> None:
-        """End the capture; a capture that dropped packets cannot be the truth for a test."""
-        dropped = cap.stop()
-        assert dropped == 0, f"{cap.where}: tcpdump dropped {dropped} packets (the capture, not the network)"
 
     def close(self) -> None:
         for proc in self.agents.values():
